@@ -1,0 +1,1 @@
+"""Offline data preparation: corpora -> packed Megatron-LM indexed shards + manifest."""
