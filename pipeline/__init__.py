@@ -1,0 +1,1 @@
+"""Knowledge-distillation pretraining of BERT students on DeepSpeed ZeRO-2."""

@@ -1,0 +1,116 @@
+"""Export a run's checkpoint as a Hugging Face folder that ``AutoModelForMaskedLM`` loads.
+
+    python -m pipeline.export --run RUN_DIR [--step N] --out HF_DIR
+
+The fp32 weights are gathered from the ZeRO checkpoint with DeepSpeed's ``zero_to_fp32``; the
+model config and tokenizer come from ``RUN_DIR/model/``, written when the run started. The
+folder is built beside HF_DIR and renamed into place when complete. Teacher pretraining (MLM-only
+runs) exports the same way, so its output can teach the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from data_prep.errors import UserError, cli_main
+from pipeline import checkpoint as ckpt_mod
+
+MODEL_DIR = "model"
+STATE_PREFIX = "student.model."
+
+
+def save_run_model_files(run_dir: Path, student: Any, manifest: dict[str, Any], cfg: Any) -> None:
+    """RUN_DIR/model: the student's config.json and the tokenizer, for export and evaluation."""
+    out = run_dir / MODEL_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    student.config.save_pretrained(str(out))
+    tok_path = Path(manifest["tokenizer"]["path"])
+    source = Path(cfg.model.teacher) if cfg.model.teacher else tok_path
+    _save_tokenizer(source if source.is_dir() and _has_tokenizer(source) else tok_path, out)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt", "vocab.json"))
+
+
+def _save_tokenizer(source: Path, out: Path) -> None:
+    if source.is_file():  # a SentencePiece model: keep it beside the weights
+        shutil.copy2(source, out / source.name)
+        return
+    from transformers import AutoTokenizer, BertTokenizerFast  # type: ignore[attr-defined]
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(source))
+    except Exception:
+        tok = BertTokenizerFast(vocab_file=str(source / "vocab.txt"))
+    tok.save_pretrained(str(out))
+
+
+def export(run_dir: Path, step: int | None, out: Path) -> Path:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    if not (run_dir / MODEL_DIR / "config.json").is_file():
+        raise UserError(
+            f"{run_dir}: not a run folder of pipeline.train (no {MODEL_DIR}/config.json)"
+        )
+    if step is None:
+        ckpt = ckpt_mod.find_resume(run_dir, "auto")
+        if ckpt is None:
+            raise UserError(f"{run_dir}: no complete checkpoint to export; train first")
+    else:
+        ckpt = ckpt_mod.read_checkpoint(ckpt_mod.checkpoint_root(run_dir) / ckpt_mod.tag_for(step))
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.path.parent), tag=ckpt.tag)
+    weights = {k[len(STATE_PREFIX) :]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
+    config = AutoConfig.from_pretrained(str(run_dir / MODEL_DIR))
+    model = AutoModelForMaskedLM.from_config(config)
+    result = model.load_state_dict(weights, strict=False)
+    missing = [
+        k
+        for k in result.missing_keys
+        if not k.endswith(("vocab_projector.weight", "decoder.weight", "position_ids"))
+    ]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"{ckpt.path}: weights do not match the model config (missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})"
+        )
+    model.tie_weights()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        for f in (run_dir / MODEL_DIR).iterdir():
+            if f.name != "config.json" and f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        (tmp / "distil_export.json").write_text(
+            json.dumps({"run": str(run_dir), "checkpoint": ckpt.tag, "step": ckpt.step}, indent=1)
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.export", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--run", required=True, help="RUN_DIR of pipeline.train")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the newest complete one)")
+    p.add_argument("--out", required=True, help="HF_DIR to write")
+    args = p.parse_args(argv)
+    path = export(Path(args.run), args.step, Path(args.out))
+    print(f"exported {args.run} to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The distillation losses, as pure functions, and the module the DeepSpeed engine trains.
+
+Every loss is computed in fp32 on the rows it needs:
+
+* ``kd_loss``: T^2 * KL(softmax(t/T) || softmax(s/T)), mean over scored positions;
+* ``sparse_kd_loss``: the same from a sparse teacher (cached top-k log-probs with the tail mass
+  as one extra bucket, or sampled tokens with their frequencies); equal to ``kd_loss`` when the
+  sparse teacher covers the whole vocabulary;
+* ``mlm_loss``: cross-entropy at the masked positions;
+* ``cosine_loss``: 1 - cos(h_S, h_T) of the last hidden states, mean over non-pad positions;
+* ``hidden_mse_loss``: (1/M) sum_j MSE(h_S^j, h_T^map(j)) over the M student layers.
+
+:class:`StudentWithLoss` is what enters the engine: the student alone. The teacher's outputs come
+in as :class:`TeacherTargets`, computed outside the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import LossConfig
+from pipeline.masking import IGNORE_INDEX
+from pipeline.models import MaskedLM
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * KL(p_teacher || p_student) at temperature T, averaged over rows, in fp32."""
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean") * temperature**2
+
+
+def sparse_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """T^2 * KL between the teacher and student distributions coarsened to K tokens + one tail bucket.
+
+    ``teacher_logp`` [N, K] are the teacher's log-probabilities at temperature T of ``teacher_ids``
+    (top-k: exact values; sampled: log of each token's sample frequency). The teacher's tail mass is
+    ``1 - sum(p)``; the student's is the mass outside the K ids. With K = V this is ``kd_loss``.
+    """
+    log_q_all = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_q = log_q_all.gather(-1, teacher_ids.long())
+    log_p = teacher_logp.float()
+    p = log_p.exp()
+    kl_k = (p * (log_p - log_q)).sum(-1)
+    # Tail mass below rounding noise (K = V, or sampled frequencies summing to 1) counts as none.
+    p_tail = 1.0 - p.sum(-1)
+    p_tail = torch.where(p_tail > 1e-6, p_tail, torch.zeros_like(p_tail))
+    log_q_tail = torch.logsumexp(log_q_all.scatter(-1, teacher_ids.long(), float("-inf")), dim=-1)
+    kl_tail = torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail.clamp_min(-100.0)
+    return (kl_k + kl_tail).mean() * temperature**2
+
+
+def mlm_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the student at the scored rows (``labels`` holds their true ids)."""
+    return F.cross_entropy(student_logits.float(), labels)
+
+
+def cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cos over rows (the non-pad positions, already selected)."""
+    return (
+        1.0 - F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)
+    ).mean()
+
+
+def hidden_mse_loss(
+    student_layers: list[torch.Tensor], teacher_layers: list[torch.Tensor]
+) -> torch.Tensor:
+    """(1/M) sum over the M student layers of the MSE to the mapped teacher layer."""
+    total = sum(
+        F.mse_loss(s.float(), t.float())
+        for s, t in zip(student_layers, teacher_layers, strict=True)
+    )
+    return total / len(student_layers)  # type: ignore[return-value]
+
+
+@dataclass
+class TeacherTargets:
+    """What the losses need from the teacher, already restricted to the rows they score."""
+
+    logits: torch.Tensor | None = None  # [N, V] at the scored rows (online teacher)
+    sparse_ids: torch.Tensor | None = None  # [N, K] (teacher cache)
+    sparse_logp: torch.Tensor | None = None  # [N, K]
+    last_hidden: torch.Tensor | None = None  # [P, H] at non-pad rows
+    layers: list[torch.Tensor] | None = None  # M x [P, H]: teacher layer map(j) at non-pad rows
+
+
+def scored_rows(labels: torch.Tensor, attention_mask: torch.Tensor, positions: str) -> torch.Tensor:
+    """Flat indices of the rows the logit losses score: masked ones, or every non-pad one."""
+    keep = (
+        labels.reshape(-1) != IGNORE_INDEX
+        if positions == "masked"
+        else attention_mask.reshape(-1).bool()
+    )
+    return keep.nonzero().squeeze(-1)
+
+
+def nonpad_rows(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """Flat indices of non-pad rows, or None when nothing is padded (all rows count)."""
+    flat = attention_mask.reshape(-1).bool()
+    if bool(flat.all()):
+        return None
+    return flat.nonzero().squeeze(-1)
+
+
+def take_rows(hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    return flat if rows is None else flat.index_select(0, rows)
+
+
+class StudentWithLoss(nn.Module):
+    """The student and the weighted sum of the losses; the only module inside the engine."""
+
+    def __init__(
+        self, student: MaskedLM, loss: LossConfig, layer_map: list[int], distilling: bool
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.cfg = loss
+        self.layer_map = layer_map
+        self.distilling = distilling
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        rows: torch.Tensor,
+        pad_rows: torch.Tensor | None,
+        targets: TeacherTargets | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        need_layers = self.distilling and cfg.alpha_mse > 0
+        last, hidden = self.student.encode(input_ids, attention_mask, all_layers=need_layers)
+        terms: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=last.device, dtype=torch.float32)
+        logits = self.student.head(take_rows(last, rows))
+        scored_labels = labels.reshape(-1).index_select(0, rows)
+        if cfg.alpha_mlm > 0 or not self.distilling:
+            masked = scored_labels != IGNORE_INDEX
+            terms["mlm"] = (
+                mlm_loss(logits[masked], scored_labels[masked])
+                if cfg.ce_positions == "all"
+                else mlm_loss(logits, scored_labels)
+            )
+            total = total + (cfg.alpha_mlm if self.distilling else 1.0) * terms["mlm"]
+        if self.distilling and targets is not None:
+            if cfg.alpha_ce > 0:
+                if targets.logits is not None:
+                    terms["ce"] = kd_loss(logits, targets.logits, cfg.temperature)
+                else:
+                    assert targets.sparse_ids is not None and targets.sparse_logp is not None
+                    terms["ce"] = sparse_kd_loss(
+                        logits, targets.sparse_ids, targets.sparse_logp, cfg.temperature
+                    )
+                total = total + cfg.alpha_ce * terms["ce"]
+            if cfg.alpha_cos > 0:
+                assert targets.last_hidden is not None
+                terms["cos"] = cosine_loss(take_rows(last, pad_rows), targets.last_hidden)
+                total = total + cfg.alpha_cos * terms["cos"]
+            if cfg.alpha_mse > 0:
+                assert hidden is not None and targets.layers is not None
+                s_layers = [take_rows(h, pad_rows) for h in hidden[1:]]
+                terms["mse"] = hidden_mse_loss(s_layers, targets.layers)
+                total = total + cfg.alpha_mse * terms["mse"]
+        terms["loss"] = total
+        return total, {k: v.detach() for k, v in terms.items()}
