@@ -122,6 +122,9 @@ class TrainConfig:
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
     """Signals that make every rank checkpoint at the next step and exit with ``preempt_exit_code``."""
     preempt_exit_code: int = 42
+    sample_log: bool = False
+    """Each rank appends the sample indices and mask views of every micro-batch to
+    RUN_DIR/samples/rankR.jsonl (a data audit: none skipped, none repeated)."""
     stop_after_steps: int = 0
     """Stop (with a checkpoint) after this many steps of this process, leaving max_steps as it is (testing, time slices)."""
 

@@ -17,6 +17,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def _has_cuda() -> bool:

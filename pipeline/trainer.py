@@ -9,6 +9,7 @@ preemption (a signal sets a flag; every rank agrees at the next step boundary, s
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -469,10 +470,24 @@ class Trainer:
         window_start = time.perf_counter()
         steps_this_process = 0
         exit_code = 0
+        samples = self._open_sample_log() if t.sample_log else None
         self.engine.train()
         while self.step < max_steps:
-            for _ in range(self.layout.grad_accum):
-                loss, terms, ntok = self._micro_step(next(batches))
+            for micro in range(self.layout.grad_accum):
+                batch = next(batches)
+                if samples is not None:
+                    samples.write(
+                        json.dumps(
+                            {
+                                "step": self.step + 1,
+                                "micro": micro,
+                                "samples": batch["sample_index"].tolist(),
+                                "views": batch["view"].tolist(),
+                            }
+                        )
+                        + "\n"
+                    )
+                loss, terms, ntok = self._micro_step(batch)
                 tokens += ntok
                 nonfinite += (~torch.isfinite(loss)).float()
                 for k, v in terms.items():
@@ -524,7 +539,17 @@ class Trainer:
                     exit_code = t.preempt_exit_code
                 break
         log.close()
+        if samples is not None:
+            samples.close()
         return exit_code
+
+    def _open_sample_log(self) -> Any:
+        from pipeline.logging import truncate_after
+
+        path = self.run_dir / "samples" / f"rank{self.rank:05d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        truncate_after(path, self.step)
+        return open(path, "a", buffering=1)
 
     def _params_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.engine.module.parameters())
