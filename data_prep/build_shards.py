@@ -23,7 +23,7 @@ import multiprocessing as mp
 import os
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import numpy as np
 
 from data_prep.atomic import write_json
 from data_prep.errors import UserError, cli_main
-from data_prep.indexed import IndexedWriter, ShardInfo, idx_path, bin_path, token_dtype_for_vocab
+from data_prep.indexed import IndexedWriter, ShardInfo, bin_path, idx_path, token_dtype_for_vocab
 from data_prep.manifest import FORMAT, FORMAT_VERSION, SPLITS, manifest_path
 from data_prep.packing import PACK_MODES, Packer
 from data_prep.progress import Progress
@@ -92,7 +92,9 @@ def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     dtype = token_dtype_for_vocab(tok.vocab_size)
     flat, lengths = tok.encode_concat(texts, dtype)
     valid = np.fromiter(
-        (is_valid_document(t, _SPLIT_KEY, _VALID_THRESHOLD) for t in texts), dtype=bool, count=len(texts)
+        (is_valid_document(t, _SPLIT_KEY, _VALID_THRESHOLD) for t in texts),
+        dtype=bool,
+        count=len(texts),
     )
     if valid.any():
         keep = np.repeat(~valid, lengths)
@@ -107,7 +109,9 @@ def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 class _RotatingShards:
     """Writes one split of one unit, starting a new shard past ``max_tokens`` tokens."""
 
-    def __init__(self, data_dir: Path, split: str, unit: int, dtype: type[np.number], max_tokens: int):
+    def __init__(
+        self, data_dir: Path, split: str, unit: int, dtype: type[np.number], max_tokens: int
+    ):
         self.data_dir, self.split, self.unit = data_dir, split, unit
         self.dtype, self.max_tokens = dtype, max_tokens
         self.writer: IndexedWriter | None = None
@@ -152,8 +156,13 @@ class _UnitJob:
         self.unit = unit
         dtype = token_dtype_for_vocab(tok.vocab_size)
         sid = tok.special_ids
-        self.packers = {s: Packer(settings.seq_len, sid.cls, sid.sep, settings.pack, dtype) for s in SPLITS}
-        self.shards = {s: _RotatingShards(data_dir, s, unit.index, dtype, settings.max_shard_tokens) for s in SPLITS}
+        self.packers = {
+            s: Packer(settings.seq_len, sid.cls, sid.sep, settings.pack, dtype) for s in SPLITS
+        }
+        self.shards = {
+            s: _RotatingShards(data_dir, s, unit.index, dtype, settings.max_shard_tokens)
+            for s in SPLITS
+        }
         self.counts = np.zeros(tok.vocab_size, dtype=np.int64)
         self.docs = dict.fromkeys(SPLITS, 0)
         self.bad = BadInput()
@@ -198,11 +207,20 @@ class _UnitJob:
 
 
 def _document_batches(
-    units: list[WorkUnit], settings: PrepSettings, jobs: dict[int, _UnitJob], batch_bytes: int
+    units: list[WorkUnit],
+    settings: PrepSettings,
+    jobs: dict[int, _UnitJob],
+    new_job: Callable[[WorkUnit], _UnitJob],
+    batch_bytes: int,
 ) -> Iterator[tuple[int, list[str] | None]]:
-    """(unit index, texts) batches in order, then (unit index, None) when a unit is exhausted."""
+    """(unit index, texts) batches in order, then (unit index, None) when a unit is exhausted.
+
+    A unit's job (its packers, writers and token counts) is created when its reading starts, so
+    memory holds the state of the few units in flight, not of every unit of the corpus.
+    """
     for unit in units:
-        bad = jobs[unit.index].bad
+        job = jobs[unit.index] = new_job(unit)
+        bad = job.bad
         batch: list[str] = []
         size = 0
         for text in iter_documents(unit, settings.text_field, bad, settings.hf_split):
@@ -218,6 +236,18 @@ def _document_batches(
 
 def unit_done(data_dir: Path, unit: WorkUnit) -> bool:
     return (data_dir / PARTS_DIR / f"unit-{unit.index:05d}.json").is_file()
+
+
+def remove_stale_temporaries(data_dir: Path, unit: WorkUnit) -> None:
+    """Delete the temporary files a killed run left for ``unit`` (never renamed into place).
+
+    Only this unit's files: other array tasks may be writing theirs in the same folder.
+    """
+    for split in SPLITS:
+        for path in (data_dir / split).glob(f".{unit.index:05d}-*.tmp-*"):
+            path.unlink(missing_ok=True)
+    for path in (data_dir / PARTS_DIR).glob(f".unit-{unit.index:05d}.*"):
+        path.unlink(missing_ok=True)
 
 
 def process_units(
@@ -236,7 +266,10 @@ def process_units(
         print(f"skipping {skipped} finished unit(s) of {len(units)}", file=sys.stderr)
     if not pending:
         return
-    jobs = {u.index: _UnitJob(u, data_dir, settings, tok) for u in pending}
+    for unit in pending:
+        remove_stale_temporaries(data_dir, unit)
+    jobs: dict[int, _UnitJob] = {}
+    finished = [skipped]
     _set_worker_state(tok, settings.seed, settings.valid_fraction)
     seen = {"docs": 0, "bad": 0}
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
@@ -249,7 +282,8 @@ def process_units(
         if handle is None:
             record = job.commit(data_dir)
             del jobs[unit_index]
-            progress.note = f"units {len(pending) - len(jobs) + skipped}/{len(units)}"
+            finished[0] += 1
+            progress.note = f"units {finished[0]}/{len(units)}"
             progress.update()
             seen["docs"] += sum(record["documents"].values()) + job.bad.total
             seen["bad"] += job.bad.total
@@ -266,7 +300,9 @@ def process_units(
             )
 
     try:
-        for unit_index, texts in _document_batches(pending, settings, jobs, batch_bytes):
+        for unit_index, texts in _document_batches(
+            pending, settings, jobs, lambda u: _UnitJob(u, data_dir, settings, tok), batch_bytes
+        ):
             if texts is None:
                 inflight.append((unit_index, None))
             elif pool is not None:
@@ -288,8 +324,10 @@ def process_units(
 
 
 # --- plan, finalize ---------------------------------------------------------------------------
-def _check_or_write_plan(data_dir: Path, settings: PrepSettings, tok: TextTokenizer, units: list[WorkUnit]) -> None:
-    plan = {
+def _check_or_write_plan(
+    data_dir: Path, settings: PrepSettings, tok: TextTokenizer, units: list[WorkUnit]
+) -> None:
+    plan: dict[str, Any] = {
         "settings": settings.to_json(),
         "tokenizer": tok.info.to_json(),
         "units": [u.to_json() for u in units],
@@ -299,7 +337,9 @@ def _check_or_write_plan(data_dir: Path, settings: PrepSettings, tok: TextTokeni
         import json
 
         old = json.loads(path.read_text())
-        diffs = [k for k in plan["settings"] if old.get("settings", {}).get(k) != plan["settings"][k]]
+        diffs = [
+            k for k in plan["settings"] if old.get("settings", {}).get(k) != plan["settings"][k]
+        ]
         if old.get("tokenizer", {}).get("fingerprint") != tok.info.fingerprint:
             diffs.append("tokenizer")
         if not diffs and old.get("units") != plan["units"]:
@@ -323,7 +363,11 @@ def finalize(data_dir: Path, max_bad_fraction: float) -> dict[str, Any]:
         raise UserError(f"{plan_path}: missing; run build_shards on this folder first")
     plan = json.loads(plan_path.read_text())
     units = plan["units"]
-    missing = [u["index"] for u in units if not (data_dir / PARTS_DIR / f"unit-{u['index']:05d}.json").is_file()]
+    missing = [
+        u["index"]
+        for u in units
+        if not (data_dir / PARTS_DIR / f"unit-{u['index']:05d}.json").is_file()
+    ]
     if missing:
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
         raise UserError(
@@ -331,7 +375,9 @@ def finalize(data_dir: Path, max_bad_fraction: float) -> dict[str, Any]:
             "array tasks that own them (or build_shards without --num-shards), then --finalize"
         )
     tok = plan["tokenizer"]
-    splits: dict[str, dict[str, Any]] = {s: {"num_sequences": 0, "num_tokens": 0, "shards": []} for s in SPLITS}
+    splits: dict[str, dict[str, Any]] = {
+        s: {"num_sequences": 0, "num_tokens": 0, "shards": []} for s in SPLITS
+    }
     bad = BadInput()
     documents = dict.fromkeys(SPLITS, 0)
     input_bytes = 0
@@ -354,7 +400,10 @@ def finalize(data_dir: Path, max_bad_fraction: float) -> dict[str, Any]:
         write_json(report, {"documents": total_docs, **bad.to_json()})
         for split in SPLITS:
             for shard in splits[split]["shards"]:
-                for path in (idx_path(data_dir / shard["path"]), bin_path(data_dir / shard["path"])):
+                for path in (
+                    idx_path(data_dir / shard["path"]),
+                    bin_path(data_dir / shard["path"]),
+                ):
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
         for marker in (data_dir / PARTS_DIR).glob("unit-*"):
@@ -393,25 +442,79 @@ def _default_workers() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_prep.build_shards", description=__doc__.split("\n")[0])
-    p.add_argument("--input", nargs="+", default=[], metavar="SRC", help="files, globs, save_to_disk folders or hf:NAME[:CONFIG]")
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.build_shards", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--input",
+        nargs="+",
+        default=[],
+        metavar="SRC",
+        help="files, globs, save_to_disk folders or hf:NAME[:CONFIG]",
+    )
     p.add_argument("--tokenizer", help="Hugging Face tokenizer folder or SentencePiece .model")
     p.add_argument("--seq-len", type=int, help="tokens per sequence, [CLS] and [SEP] included")
     p.add_argument("--output", required=True, help="DATA_DIR")
-    p.add_argument("--workers", type=int, default=_default_workers(), help="tokenizer processes (default: CPUs)")
-    p.add_argument("--valid-fraction", type=float, default=0.01, help="fraction of documents held out")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=_default_workers(),
+        help="tokenizer processes (default: CPUs)",
+    )
+    p.add_argument(
+        "--valid-fraction", type=float, default=0.01, help="fraction of documents held out"
+    )
     p.add_argument("--seed", type=int, default=1234, help="key of the train/valid split hash")
-    p.add_argument("--text-field", default="text", help="the text field of jsonl / parquet / datasets rows")
-    p.add_argument("--pack", choices=PACK_MODES, default="full", help="full: across documents (RoBERTa FULL-SENTENCES); doc: within one document")
-    p.add_argument("--unit-size-mb", type=int, default=1024, help="large uncompressed files are cut into units of about this size")
-    p.add_argument("--unit-rows", type=int, default=1_000_000, help="datasets are cut into units of this many rows")
-    p.add_argument("--max-shard-tokens", type=int, default=1 << 28, help="tokens per shard before a new one starts")
-    p.add_argument("--max-bad-fraction", type=float, default=0.001, help="fail above this fraction of unusable documents")
+    p.add_argument(
+        "--text-field", default="text", help="the text field of jsonl / parquet / datasets rows"
+    )
+    p.add_argument(
+        "--pack",
+        choices=PACK_MODES,
+        default="full",
+        help="full: across documents (RoBERTa FULL-SENTENCES); doc: within one document",
+    )
+    p.add_argument(
+        "--unit-size-mb",
+        type=int,
+        default=1024,
+        help="large uncompressed files are cut into units of about this size",
+    )
+    p.add_argument(
+        "--unit-rows",
+        type=int,
+        default=1_000_000,
+        help="datasets are cut into units of this many rows",
+    )
+    p.add_argument(
+        "--max-shard-tokens",
+        type=int,
+        default=1 << 28,
+        help="tokens per shard before a new one starts",
+    )
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=0.001,
+        help="fail above this fraction of unusable documents",
+    )
     p.add_argument("--hf-split", default="train", help="split of hf: and save_to_disk inputs")
-    p.add_argument("--hf-streaming", action="store_true", help="stream hf: datasets instead of downloading them first")
-    p.add_argument("--num-shards", type=int, help="split the units across this many array tasks (default: SLURM_ARRAY_TASK_COUNT)")
-    p.add_argument("--shard-index", type=int, help="this task's index (default: SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--finalize", action="store_true", help="only merge finished units into manifest.json")
+    p.add_argument(
+        "--hf-streaming",
+        action="store_true",
+        help="stream hf: datasets instead of downloading them first",
+    )
+    p.add_argument(
+        "--num-shards",
+        type=int,
+        help="split the units across this many array tasks (default: SLURM_ARRAY_TASK_COUNT)",
+    )
+    p.add_argument(
+        "--shard-index", type=int, help="this task's index (default: SLURM_ARRAY_TASK_ID)"
+    )
+    p.add_argument(
+        "--finalize", action="store_true", help="only merge finished units into manifest.json"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -420,11 +523,15 @@ def _task_slice(args: argparse.Namespace) -> tuple[int, int] | None:
     num = args.num_shards
     index = args.shard_index
     if index is None and os.environ.get("SLURM_ARRAY_TASK_ID", "").isdigit() and num is not None:
-        index = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        index = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(
+            os.environ.get("SLURM_ARRAY_TASK_MIN", "0")
+        )
     if num is None and index is None:
         return None
     if num is None or index is None:
-        raise UserError("--num-shards and --shard-index go together (or run inside a Slurm array job)")
+        raise UserError(
+            "--num-shards and --shard-index go together (or run inside a Slurm array job)"
+        )
     if not 0 <= index < num:
         raise UserError(f"--shard-index {index} is outside 0..{num - 1}")
     return num, index
@@ -441,7 +548,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.input or not args.tokenizer or args.seq_len is None:
         raise UserError("--input, --tokenizer and --seq-len are required (or --finalize)")
     if args.seq_len < 8:
-        raise UserError(f"--seq-len {args.seq_len} is too small: a sequence holds [CLS], tokens and [SEP]; use 128 or 512")
+        raise UserError(
+            f"--seq-len {args.seq_len} is too small: a sequence holds [CLS], tokens and [SEP]; use 128 or 512"
+        )
     if not 0 <= args.valid_fraction < 1:
         raise UserError(f"--valid-fraction {args.valid_fraction} must be in [0, 1)")
     if args.workers < 1:
@@ -461,7 +570,9 @@ def main(argv: list[str] | None = None) -> None:
         hf_split=args.hf_split,
         hf_streaming=args.hf_streaming,
     )
-    units = plan_units(list(args.input), settings.unit_bytes, settings.unit_rows, args.hf_split, args.hf_streaming)
+    units = plan_units(
+        list(args.input), settings.unit_bytes, settings.unit_rows, args.hf_split, args.hf_streaming
+    )
     _check_or_write_plan(data_dir, settings, tok, units)
     task = _task_slice(args)
     mine = units if task is None else units[task[1] :: task[0]]
@@ -473,13 +584,18 @@ def main(argv: list[str] | None = None) -> None:
         manifest = finalize(data_dir, args.max_bad_fraction)
         _print_summary(data_dir, manifest)
     else:
-        print(f"task {task[1]} of {task[0]}: {len(mine)} unit(s) done; run --finalize when all tasks end", file=sys.stderr)
+        print(
+            f"task {task[1]} of {task[0]}: {len(mine)} unit(s) done; run --finalize when all tasks end",
+            file=sys.stderr,
+        )
 
 
 def _print_summary(data_dir: Path, manifest: dict[str, Any]) -> None:
     for split in SPLITS:
         s = manifest["splits"][split]
-        print(f"{split}: {s['num_sequences']:,} sequences, {s['num_tokens']:,} tokens in {len(s['shards'])} shard(s)")
+        print(
+            f"{split}: {s['num_sequences']:,} sequences, {s['num_tokens']:,} tokens in {len(s['shards'])} shard(s)"
+        )
     bad = BadInput.from_json(manifest["stats"]["bad"])
     if bad.total:
         print(f"skipped {bad.total} unusable document(s): {bad.summary()}")

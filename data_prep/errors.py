@@ -27,6 +27,9 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except UserError as exc:
             prog = getattr(fn, "__module__", "distil")
+            if prog == "__main__":  # run as ``python -m data_prep.X``: name the module
+                spec = getattr(sys.modules["__main__"], "__spec__", None)
+                prog = spec.name if spec is not None else "distil"
             print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         except KeyboardInterrupt:

@@ -193,8 +193,10 @@ class IndexedReader:
         for path in (ipath, bpath):
             if not path.is_file():
                 raise UserError(f"{path}: shard file missing; rebuild the data with build_shards")
+        if ipath.stat().st_size < _HEADER_SIZE:  # np.memmap cannot map an empty file
+            raise UserError(f"{ipath}: not a Megatron MMIDIDX index (shorter than its header)")
         idx = np.memmap(ipath, dtype=np.uint8, mode="r")
-        if idx.size < _HEADER_SIZE or bytes(idx[: len(INDEX_HEADER)]) != INDEX_HEADER:
+        if bytes(idx[: len(INDEX_HEADER)]) != INDEX_HEADER:
             raise UserError(f"{ipath}: not a Megatron MMIDIDX index (bad header)")
         off = len(INDEX_HEADER)
         version, code, count, doc_count = struct.unpack_from("<QBQQ", bytes(idx[off:_HEADER_SIZE]))

@@ -22,11 +22,17 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from data_prep.errors import UserError
 
-TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+TEXT_SUFFIXES = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+}
 COMPRESSION_SUFFIXES = (".gz", ".zst")
 MAX_LOCATIONS = 5
 
@@ -74,11 +80,16 @@ class BadInput:
             locs.extend(other.locations.get(reason, [])[: MAX_LOCATIONS - len(locs)])
 
     def to_json(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "locations": {k: list(v) for k, v in self.locations.items()}}
+        return {
+            "counts": dict(self.counts),
+            "locations": {k: list(v) for k, v in self.locations.items()},
+        }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> BadInput:
-        return cls(dict(obj.get("counts", {})), {k: list(v) for k, v in obj.get("locations", {}).items()})
+        return cls(
+            dict(obj.get("counts", {})), {k: list(v) for k, v in obj.get("locations", {}).items()}
+        )
 
     def summary(self) -> str:
         parts = []
@@ -175,7 +186,11 @@ def plan_units(
             size = os.path.getsize(source)
             start = 0
             while start < size:
-                end = size if size - start <= unit_bytes else _next_boundary(source, start + unit_bytes, kind)
+                end = (
+                    size
+                    if size - start <= unit_bytes
+                    else _next_boundary(source, start + unit_bytes, kind)
+                )
                 add(source, kind, compression, start, end)
                 start = end
             if size == 0:
@@ -224,12 +239,12 @@ def _load_hf(spec: str, split: str, streaming: bool) -> Any:
 
 def _open_binary(path: str, compression: str) -> IO[bytes]:
     if compression == "gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     if compression == "zst":
         import zstandard
 
         raw = open(path, "rb")  # noqa: SIM115 - owned by the returned reader
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))  # type: ignore[arg-type]
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
     return open(path, "rb")
 
 
@@ -238,12 +253,11 @@ def _lines(unit: WorkUnit) -> Iterator[tuple[int, bytes]]:
     with _open_binary(unit.source, unit.compression) as fh:
         if unit.start:
             fh.seek(unit.start)
-        pos, lineno = unit.start, 0
-        for line in fh:
+        pos = unit.start
+        for lineno, line in enumerate(fh, 1):
             if 0 <= unit.end <= pos:
                 break
             pos += len(line)
-            lineno += 1
             yield lineno, line
 
 
@@ -339,7 +353,9 @@ def _parquet_documents(unit: WorkUnit, text_field: str, bad: BadInput) -> Iterat
         raise UserError(
             f"{unit.source}: no column '{text_field}' (has {', '.join(names)}); pass --text-field"
         )
-    batches = (b.column(0).to_pylist() for b in pf.iter_batches(batch_size=1024, columns=[text_field]))
+    batches = (
+        b.column(0).to_pylist() for b in pf.iter_batches(batch_size=1024, columns=[text_field])
+    )
     yield from _column_documents(batches, unit.source, 0, bad)
 
 

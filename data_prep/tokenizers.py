@@ -74,7 +74,9 @@ class TextTokenizer:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if not self.path.exists():
-            raise UserError(f"{self.path}: tokenizer not found; pass a Hugging Face tokenizer folder or a SentencePiece .model")
+            raise UserError(
+                f"{self.path}: tokenizer not found; pass a Hugging Face tokenizer folder or a SentencePiece .model"
+            )
         if self.path.is_file():
             self._load_sentencepiece()
         else:
@@ -90,7 +92,9 @@ class TextTokenizer:
 
     # -- loading ---------------------------------------------------------------------------
     def _load_hf(self) -> None:
-        if not any((self.path / name).exists() for name in ("tokenizer.json", "vocab.txt", "vocab.json")):
+        if not any(
+            (self.path / name).exists() for name in ("tokenizer.json", "vocab.txt", "vocab.json")
+        ):
             raise UserError(
                 f"{self.path}: no tokenizer.json, vocab.txt or vocab.json in this folder; "
                 "pass the teacher's tokenizer folder or a SentencePiece .model"
@@ -101,8 +105,10 @@ class TextTokenizer:
             tok = transformers.AutoTokenizer.from_pretrained(str(self.path), use_fast=True)
         except Exception:
             if not (self.path / "vocab.txt").exists():
-                raise UserError(f"{self.path}: transformers cannot load this tokenizer folder") from None
-            tok = transformers.BertTokenizerFast(vocab_file=str(self.path / "vocab.txt"))
+                raise UserError(
+                    f"{self.path}: transformers cannot load this tokenizer folder"
+                ) from None
+            tok = transformers.BertTokenizerFast(vocab_file=str(self.path / "vocab.txt"))  # type: ignore[attr-defined]
         backend = getattr(tok, "backend_tokenizer", None)
         if backend is None:
             raise UserError(f"{self.path}: no fast (Rust) tokenizer available for this folder")
@@ -110,7 +116,7 @@ class TextTokenizer:
         backend.no_padding()
         self.kind = "hf"
         self._backend = backend
-        self._sp = None
+        self._sp: Any = None
         self.vocab_size = int(backend.get_vocab_size(with_added_tokens=True))
         ids = {
             "cls": tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id,
@@ -121,9 +127,16 @@ class TextTokenizer:
         }
         missing = [k for k, v in ids.items() if v is None]
         if missing:
-            raise UserError(f"{self.path}: the tokenizer defines no {', '.join(missing)} token; a masked-LM tokenizer needs cls, sep, pad, mask and unk")
+            raise UserError(
+                f"{self.path}: the tokenizer defines no {', '.join(missing)} token; a masked-LM tokenizer needs cls, sep, pad, mask and unk"
+            )
         self.special_ids = SpecialIds(**{k: int(v) for k, v in ids.items()})
-        self._vocab_in_order = [t for t, _ in sorted(backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])]
+        self._vocab_in_order = [
+            t
+            for t, _ in sorted(
+                backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1]
+            )
+        ]
 
     def _load_sentencepiece(self) -> None:
         import sentencepiece as spm
@@ -159,7 +172,7 @@ class TextTokenizer:
                 f"{self.path}: the SentencePiece model has no piece for {', '.join(missing)}; train it "
                 "with user_defined_symbols [CLS],[SEP],[MASK] and a pad id (python -m data_prep.train_tokenizer --kind sentencepiece does)"
             )
-        self.special_ids = SpecialIds(**{k: int(v) for k, v in ids.items() if v is not None})  # type: ignore[arg-type]
+        self.special_ids = SpecialIds(**{k: int(v) for k, v in ids.items() if v is not None})
         self._vocab_in_order = [sp.IdToPiece(i) for i in range(self.vocab_size)]
 
     # -- use -------------------------------------------------------------------------------
@@ -171,11 +184,15 @@ class TextTokenizer:
         encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
         return [enc.ids for enc in encode(texts, add_special_tokens=False)]
 
-    def encode_concat(self, texts: list[str], dtype: type[np.number]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_concat(
+        self, texts: list[str], dtype: type[np.number]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """All ids of a batch in one array, and each text's length."""
         encoded = self.encode_batch(texts)
         lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
-        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=int(lengths.sum()))
+        flat = np.fromiter(
+            itertools.chain.from_iterable(encoded), dtype=dtype, count=int(lengths.sum())
+        )
         return flat, lengths
 
     def decode(self, ids: list[int]) -> str:

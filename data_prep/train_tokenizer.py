@@ -37,14 +37,24 @@ def corpus_texts(inputs: list[str], text_field: str, max_docs: int | None = None
 
 
 def train_wordpiece(texts: Iterator[str], out: Path, vocab_size: int, lowercase: bool) -> None:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
@@ -80,12 +90,18 @@ def train_sentencepiece(texts: Iterator[str], out: Path, vocab_size: int) -> Non
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m data_prep.train_tokenizer", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.train_tokenizer", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--input", nargs="+", required=True, metavar="SRC")
     p.add_argument("--output", required=True, help="folder to write the tokenizer to")
     p.add_argument("--kind", choices=("wordpiece", "sentencepiece"), default="wordpiece")
     p.add_argument("--vocab-size", type=int, default=30522)
-    p.add_argument("--cased", action="store_true", help="keep case and accents (default: lowercase, like bert-base-uncased)")
+    p.add_argument(
+        "--cased",
+        action="store_true",
+        help="keep case and accents (default: lowercase, like bert-base-uncased)",
+    )
     p.add_argument("--text-field", default="text")
     p.add_argument("--max-docs", type=int, default=None, help="train on the first N documents only")
     args = p.parse_args(argv)

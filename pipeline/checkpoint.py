@@ -167,13 +167,18 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def _fsync_tree(path: Path) -> None:
+    """fsync every file of a checkpoint; other ranks' temporary files may vanish meanwhile."""
     for f in path.rglob("*"):
-        if f.is_file():
+        if f.name.startswith("."):
+            continue
+        try:
             fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     fsync_dir(path)
 
 

@@ -68,8 +68,9 @@ class MaskingConfig:
     """Of the selected: replaced by [MASK]."""
     random_fraction: float = 0.1
     """Of the selected: replaced by a random token (the rest keep their token)."""
-    smoothing: float = 0.0
-    """Frequency smoothing exponent: select tokens with weight counts^-smoothing (DistilBERT: 0.7); 0 = off."""
+    smoothing: float = 0.7
+    """Frequency smoothing of the training masks: select tokens with weight counts^-smoothing, as
+    DistilBERT does (0.7); 0 = uniform, as BERT. Validation always masks uniformly."""
 
 
 @dataclass

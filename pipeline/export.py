@@ -51,20 +51,25 @@ def _save_tokenizer(source: Path, out: Path) -> None:
     tok.save_pretrained(str(out))
 
 
-def export(run_dir: Path, step: int | None, out: Path) -> Path:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoConfig, AutoModelForMaskedLM
-
+def find_checkpoint(run_dir: Path, step: int | None) -> ckpt_mod.CheckpointInfo:
     if not (run_dir / MODEL_DIR / "config.json").is_file():
         raise UserError(
             f"{run_dir}: not a run folder of pipeline.train (no {MODEL_DIR}/config.json)"
         )
-    if step is None:
-        ckpt = ckpt_mod.find_resume(run_dir, "auto")
-        if ckpt is None:
-            raise UserError(f"{run_dir}: no complete checkpoint to export; train first")
-    else:
-        ckpt = ckpt_mod.read_checkpoint(ckpt_mod.checkpoint_root(run_dir) / ckpt_mod.tag_for(step))
+    if step is not None:
+        return ckpt_mod.read_checkpoint(ckpt_mod.checkpoint_root(run_dir) / ckpt_mod.tag_for(step))
+    found = ckpt_mod.find_resume(run_dir, "auto")
+    if found is None:
+        raise UserError(f"{run_dir}: no complete checkpoint to export; train first")
+    return found
+
+
+def load_run_model(run_dir: Path, step: int | None = None) -> tuple[Any, ckpt_mod.CheckpointInfo]:
+    """The trained model of a run as a Hugging Face masked LM (fp32, CPU), and its checkpoint."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    ckpt = find_checkpoint(run_dir, step)
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.path.parent), tag=ckpt.tag)
     weights = {k[len(STATE_PREFIX) :]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
     config = AutoConfig.from_pretrained(str(run_dir / MODEL_DIR))
@@ -77,9 +82,15 @@ def export(run_dir: Path, step: int | None, out: Path) -> Path:
     ]
     if missing or result.unexpected_keys:
         raise RuntimeError(
-            f"{ckpt.path}: weights do not match the model config (missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})"
+            f"{ckpt.path}: weights do not match the model config "
+            f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})"
         )
     model.tie_weights()
+    return model, ckpt
+
+
+def export(run_dir: Path, step: int | None, out: Path) -> Path:
+    model, ckpt = load_run_model(run_dir, step)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -87,9 +98,8 @@ def export(run_dir: Path, step: int | None, out: Path) -> Path:
         for f in (run_dir / MODEL_DIR).iterdir():
             if f.name != "config.json" and f.is_file():
                 shutil.copy2(f, tmp / f.name)
-        (tmp / "distil_export.json").write_text(
-            json.dumps({"run": str(run_dir), "checkpoint": ckpt.tag, "step": ckpt.step}, indent=1)
-        )
+        record = {"run": str(run_dir), "checkpoint": ckpt.tag, "step": ckpt.step}
+        (tmp / "distil_export.json").write_text(json.dumps(record, indent=1))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

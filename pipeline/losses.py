@@ -52,7 +52,8 @@ def sparse_kd_loss(
     log_q = log_q_all.gather(-1, teacher_ids.long())
     log_p = teacher_logp.float()
     p = log_p.exp()
-    kl_k = (p * (log_p - log_q)).sum(-1)
+    # Entries with p = 0 (log p = -inf: unused slots of a sampled row) add exactly nothing.
+    kl_k = (p * torch.where(p > 0, log_p - log_q, torch.zeros_like(log_p))).sum(-1)
     # Tail mass below rounding noise (K = V, or sampled frequencies summing to 1) counts as none.
     p_tail = 1.0 - p.sum(-1)
     p_tail = torch.where(p_tail > 1e-6, p_tail, torch.zeros_like(p_tail))

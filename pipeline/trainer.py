@@ -36,8 +36,8 @@ from pipeline.data import (
 )
 from pipeline.dist import DistEnv
 from pipeline.ds_config import EngineSettings, engine_settings
+from pipeline.evaluate import SUMS, batch_sums, summarize
 from pipeline.losses import StudentWithLoss, TeacherTargets, nonpad_rows, scored_rows, take_rows
-from pipeline.masking import IGNORE_INDEX
 from pipeline.models import (
     MaskedLM,
     build_student,
@@ -152,6 +152,7 @@ def prepare(cfg: Config, env: DistEnv, device: torch.device) -> Plan:
         from pipeline.teacher_cache import open_cache
 
         cache = open_cache(cfg, manifest)
+        notes.extend(cache.notes)
         if cfg.loss.alpha_cos > 0 or cfg.loss.alpha_mse > 0:
             notes.append(
                 "teacher cache in use for the logits, but a hidden-state loss is on: the teacher still runs for hidden states"
@@ -229,6 +230,8 @@ class Trainer:
                 manifest, m.mlm_probability, m.mask_fraction, m.random_fraction, m.smoothing
             ),
         )
+        # Validation scores plain BERT masking (no frequency smoothing), as pipeline.evaluate does.
+        self.eval_masker = make_masker(manifest, masking_spec(manifest, 0.15, 0.8, 0.1, 0.0))
         es = plan.engine
         self.layout = BatchLayout(
             cfg.train.global_batch_size, es.micro_batch, es.grad_accum, self.world, self.rank
@@ -406,7 +409,7 @@ class Trainer:
         student.eval()
         data = EvalBatches(
             self.valid_ds,
-            self.masker,
+            self.eval_masker,
             self.cfg.train.seed,
             self.layout.micro_batch,
             self.rank,
@@ -414,27 +417,12 @@ class Trainer:
             self.cfg.train.eval_samples,
             self.pad_id,
         )
-        sums = torch.zeros(6, dtype=torch.float64)
+        sums = torch.zeros(len(SUMS), dtype=torch.float64)
         for batch in loader(data, 0, False):
-            out = evaluate_batch(
-                student, self.teacher, batch, self.device, self.cfg.loss.temperature
-            )
-            sums += torch.tensor(out, dtype=torch.float64)
+            sums += batch_sums(student, self.teacher, batch, self.device)
         student.train()
         dist.all_reduce(sums, group=self.ctrl_group)
-        n = max(sums[0].item(), 1.0)
-        metrics = {
-            "mlm_loss": sums[1].item() / n,
-            "mlm_accuracy": sums[2].item() / n,
-            "masked_tokens": sums[0].item(),
-        }
-        if self.teacher is not None:
-            metrics.update(
-                teacher_mlm_accuracy=sums[3].item() / n,
-                agreement=sums[4].item() / n,
-                kl=sums[5].item() / n,
-            )
-        return metrics
+        return summarize(sums, self.teacher is not None)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -446,7 +434,7 @@ class Trainer:
         for note in self.plan.notes:
             log.info(f"note: {note}")
         log.info(
-            f"{'distilling' if cfg.distilling else 'MLM training'} {count_parameters(self.plan.student):,}-parameter student"
+            f"{'distilling a' if cfg.distilling else 'MLM training of a'} {count_parameters(self.plan.student):,}-parameter {'student' if cfg.distilling else 'model'}"
             f"{f' from a {self.teacher.num_layers}-layer teacher' if self.teacher is not None else ''} on {self.world} rank(s) "
             f"({self.env.launcher}, {self.device.type}, {self.plan.engine.precision}); global batch {t.global_batch_size} = "
             f"{self.layout.micro_batch} x {self.layout.grad_accum} x {self.world}; steps {self.step} -> {max_steps}"
@@ -596,42 +584,3 @@ class Trainer:
         if self.device.type == "cuda":
             record["memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         return record
-
-
-def evaluate_batch(
-    student: MaskedLM,
-    teacher: MaskedLM | None,
-    batch: dict[str, torch.Tensor],
-    device: torch.device,
-    temperature: float,
-) -> list[float]:
-    """[masked tokens, loss sum, correct, teacher correct, agreement, KL sum] of one batch."""
-    import torch.nn.functional as F
-
-    labels = batch["labels"].reshape(-1)
-    rows = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
-    if rows.numel() == 0:
-        return [0.0] * 6
-    attn_cpu = batch["attention_mask"]
-    attn = None if bool(attn_cpu.all()) else attn_cpu.to(device)
-    ids = batch["input_ids"].to(device)
-    rows_d, target = rows.to(device), labels[rows].to(device)
-    last, _ = student.encode(ids, attn)
-    s_logits = student.head(take_rows(last, rows_d)).float()
-    out = [
-        float(rows.numel()),
-        F.cross_entropy(s_logits, target, reduction="sum").item(),
-        (s_logits.argmax(-1) == target).sum().item(),
-        0.0,
-        0.0,
-        0.0,
-    ]
-    if teacher is not None:
-        t_last, _ = teacher.encode(ids, attn)
-        t_logits = teacher.head(take_rows(t_last, rows_d)).float()
-        out[3] = (t_logits.argmax(-1) == target).sum().item()
-        out[4] = (t_logits.argmax(-1) == s_logits.argmax(-1)).sum().item()
-        log_p = F.log_softmax(t_logits / temperature, -1)
-        log_q = F.log_softmax(s_logits / temperature, -1)
-        out[5] = F.kl_div(log_q, log_p, log_target=True, reduction="sum").item()
-    return out
