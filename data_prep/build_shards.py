@@ -522,7 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _task_slice(args: argparse.Namespace) -> tuple[int, int] | None:
     num = args.num_shards
     index = args.shard_index
-    if index is None and os.environ.get("SLURM_ARRAY_TASK_ID", "").isdigit() and num is not None:
+    in_array = os.environ.get("SLURM_ARRAY_TASK_ID", "").isdigit()
+    if num is None and in_array and os.environ.get("SLURM_ARRAY_TASK_COUNT", "").isdigit():
+        num = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+    if index is None and in_array and num is not None:
         index = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(
             os.environ.get("SLURM_ARRAY_TASK_MIN", "0")
         )

@@ -108,7 +108,7 @@ class TextTokenizer:
                 raise UserError(
                     f"{self.path}: transformers cannot load this tokenizer folder"
                 ) from None
-            tok = transformers.BertTokenizerFast(vocab_file=str(self.path / "vocab.txt"))  # type: ignore[attr-defined]
+            tok = bert_tokenizer_from_vocab(self.path / "vocab.txt")
         backend = getattr(tok, "backend_tokenizer", None)
         if backend is None:
             raise UserError(f"{self.path}: no fast (Rust) tokenizer available for this folder")
@@ -217,6 +217,19 @@ class TextTokenizer:
         if self.path.is_file():
             return {self.path.name: _sha256(self.path)}
         return {n: _sha256(self.path / n) for n in TOKENIZER_FILES if (self.path / n).is_file()}
+
+
+def bert_tokenizer_from_vocab(vocab_file: Path, lowercase: bool = True) -> Any:
+    """A BERT fast tokenizer from a bare ``vocab.txt``, built with ``tokenizers`` directly.
+
+    (``BertTokenizerFast(vocab_file=...)`` silently yields a 5-token vocabulary in transformers 5,
+    whose constructor takes ``vocab=``; this works on every version.)
+    """
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
+
+    inner = BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase, strip_accents=lowercase)
+    return BertTokenizerFast(tokenizer_object=inner._tokenizer, do_lower_case=lowercase)
 
 
 def tokenizer_fingerprint(path: str | os.PathLike[str]) -> str:

@@ -215,6 +215,15 @@ def make_masker(manifest: dict[str, Any], spec: MaskingSpec) -> Masker:
     return Masker(spec, counts)
 
 
+def _ignore_signals(_worker_id: int) -> None:
+    """Workers leave preemption signals to their rank: srun and scancel signal every process of
+    a task, and a worker killed by SIGTERM/SIGUSR1 would take its rank down before the checkpoint."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def loader(
     dataset: torch.utils.data.Dataset, num_workers: int, pin_memory: bool
 ) -> torch.utils.data.DataLoader:
@@ -229,4 +238,5 @@ def loader(
         persistent_workers=False,
         generator=torch.Generator(),
         multiprocessing_context="fork" if num_workers else None,
+        worker_init_fn=_ignore_signals if num_workers else None,
     )

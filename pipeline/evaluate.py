@@ -234,7 +234,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classify", nargs=2, metavar=("TRAIN", "TEST"), help="labelled jsonl files")
     p.add_argument("--classify-epochs", type=int, default=3)
     p.add_argument("--classify-lr", type=float, default=5e-5)
+    p.add_argument("--classify-batch-size", type=int, default=16)
     args = p.parse_args(argv)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, run_dir = load_model(args.model)
@@ -257,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
                 folder = export(run_dir, None, Path(tmp) / "hf")
             result["classification"] = classify(
                 folder, Path(args.classify[0]), Path(args.classify[1]),
-                epochs=args.classify_epochs, lr=args.classify_lr, device=device,
+                epochs=args.classify_epochs, lr=args.classify_lr,
+                batch_size=args.classify_batch_size, device=device,
             )  # fmt: skip
     print(json.dumps(result, indent=1))
     if args.json:

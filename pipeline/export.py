@@ -42,12 +42,14 @@ def _save_tokenizer(source: Path, out: Path) -> None:
     if source.is_file():  # a SentencePiece model: keep it beside the weights
         shutil.copy2(source, out / source.name)
         return
-    from transformers import AutoTokenizer, BertTokenizerFast  # type: ignore[attr-defined]
+    from transformers import AutoTokenizer
+
+    from data_prep.tokenizers import bert_tokenizer_from_vocab
 
     try:
         tok = AutoTokenizer.from_pretrained(str(source))
     except Exception:
-        tok = BertTokenizerFast(vocab_file=str(source / "vocab.txt"))
+        tok = bert_tokenizer_from_vocab(source / "vocab.txt")
     tok.save_pretrained(str(out))
 
 
