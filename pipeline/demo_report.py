@@ -13,7 +13,8 @@ STAGE_OF = {"teacher": "teacher", "student": "student", "control": "control"}
 
 
 def _records(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    steps, evals = [], []
+    steps: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
     path = run_dir / "metrics.jsonl"
     if path.is_file():
         for line in path.read_text().splitlines():

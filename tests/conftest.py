@@ -288,3 +288,12 @@ def small_data_dir(
         "--output", out, "--workers", "1", "--valid-fraction", "0.05",
     )  # fmt: skip
     return out
+
+
+# --- training: a tiny teacher (tests/test_{models,train,checkpoint,...}.py) ---------------------
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer: Path) -> Path:
+    """A 4-layer, 32-wide BertForMaskedLM over the small WordPiece vocabulary."""
+    from pipeline_helpers import make_bert_teacher
+
+    return make_bert_teacher(tmp_path_factory.mktemp("teachers") / "tiny", wordpiece_tokenizer)

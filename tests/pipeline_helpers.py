@@ -1,7 +1,6 @@
-"""Helpers and fixtures of the training tests: tiny teachers, launching pipeline.train, metrics.
+"""Helpers of the training tests: tiny teachers, launching pipeline.train, reading metrics.
 
-Import the fixtures into a test module (``from pipeline_helpers import tiny_teacher``); they
-build on the data-prep fixtures of conftest.py (``wordpiece_tokenizer``, ``small_data_dir``).
+The fixtures built on them (``tiny_teacher``) live in conftest.py.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -55,12 +52,6 @@ def make_bert_teacher(
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer: Path) -> Path:
-    """A 4-layer, 32-wide BertForMaskedLM over the small WordPiece vocabulary."""
-    return make_bert_teacher(tmp_path_factory.mktemp("teachers") / "tiny", wordpiece_tokenizer)
-
-
 def base_args(teacher: Path | None, data: Path, out: Path, **overrides: Any) -> list[str]:
     """A short, fast run: global batch 8, 6 steps, log every step, fp32 (bitwise comparable)."""
     opts: dict[str, Any] = {
@@ -98,21 +89,63 @@ def train_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def launch(args: list[str], nproc: int = 1, launcher: str = "torchrun", timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def launch(
+    args: list[str],
+    nproc: int = 1,
+    launcher: str = "torchrun",
+    timeout: int = 300,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run pipeline.train under a launcher; output captured."""
     if launcher == "python":
         cmd = [sys.executable, "-m", "pipeline.train", *args]
     elif launcher == "torchrun":
-        cmd = [str(VENV_BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_free_port()), "-m", "pipeline.train", *args]
+        cmd = [
+            str(VENV_BIN / "torchrun"),
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "pipeline.train",
+            *args,
+        ]
     elif launcher == "deepspeed":
-        cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(_free_port()), "--module", "pipeline.train", *args]
+        cmd = [
+            str(VENV_BIN / "deepspeed"),
+            "--num_gpus",
+            str(nproc),
+            "--master_port",
+            str(_free_port()),
+            "--module",
+            "pipeline.train",
+            *args,
+        ]
     elif launcher == "mpirun":
         mpirun = shutil.which("mpirun")
         assert mpirun, "mpirun not installed (apt-get install openmpi-bin)"
-        cmd = [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", str(nproc), "-x", "PATH", "-x", "DS_ACCELERATOR", "-x", "OMP_NUM_THREADS", sys.executable, "-m", "pipeline.train", *args]
+        cmd = [
+            mpirun,
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            str(nproc),
+            "-x",
+            "PATH",
+            "-x",
+            "DS_ACCELERATOR",
+            "-x",
+            "OMP_NUM_THREADS",
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            *args,
+        ]
     else:
         raise ValueError(launcher)
-    return subprocess.run(cmd, cwd=REPO, env=train_env(env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=REPO, env=train_env(env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _free_port() -> int:
@@ -124,7 +157,9 @@ def _free_port() -> int:
 
 
 def check_ok(result: subprocess.CompletedProcess[str], code: int = 0) -> None:
-    assert result.returncode == code, f"exit {result.returncode}, expected {code}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    assert result.returncode == code, (
+        f"exit {result.returncode}, expected {code}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    )
 
 
 def step_records(run_dir: Path) -> list[dict[str, Any]]:

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_helpers import (  # noqa: F401 - fixture
+from pipeline_helpers import (
     REPO,
     base_args,
     check_ok,
     launch,
     losses,
     sample_log,
-    tiny_teacher,
     train_env,
 )
 
@@ -30,7 +29,9 @@ BF16 = str(REPO / "ds_configs" / "zero2_bf16.json")
 def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=f"global_step{step}")
+    return get_fp32_state_dict_from_zero_checkpoint(
+        str(run / "checkpoints"), tag=f"global_step{step}"
+    )
 
 
 def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -38,15 +39,29 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: Path, small_data_dir: Path) -> Path:
+def reference_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_teacher: Path, small_data_dir: Path
+) -> Path:
     """8 uninterrupted steps on 2 ranks, fp32, checkpoints at 4 and 8, sample log on."""
     run = tmp_path_factory.mktemp("ckpt") / "reference"
-    check_ok(launch(base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4, "--train.sample_log": "true"}), nproc=2))
+    check_ok(
+        launch(
+            base_args(
+                tiny_teacher,
+                small_data_dir,
+                run,
+                **{"--max-steps": 8, "--save-every": 4, "--train.sample_log": "true"},
+            ),
+            nproc=2,
+        )
+    )
     return run
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_resume_is_bitwise_identical(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path, precision: str) -> None:
+def test_resume_is_bitwise_identical(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path, precision: str
+) -> None:
     extra = {"--max-steps": 8, "--save-every": 4, "--train.sample_log": "true"}
     if precision == "bf16":
         extra["--ds-config"] = BF16
@@ -55,7 +70,14 @@ def test_resume_is_bitwise_identical(tmp_path: Path, tiny_teacher: Path, small_d
     else:
         reference = reference_run
     run = tmp_path / "resumed"
-    check_ok(launch(base_args(tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 3}), nproc=2))
+    check_ok(
+        launch(
+            base_args(
+                tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 3}
+            ),
+            nproc=2,
+        )
+    )
     assert [s for s, _ in losses(run)] == [1, 2, 3]
     second = launch(base_args(tiny_teacher, small_data_dir, run, **extra), nproc=2)
     check_ok(second)
@@ -65,12 +87,24 @@ def test_resume_is_bitwise_identical(tmp_path: Path, tiny_teacher: Path, small_d
     assert _same_weights(_weights(run, 8), _weights(reference, 8))
 
 
-def test_resume_twice(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path) -> None:
+def test_resume_twice(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
+) -> None:
     run = tmp_path / "twice"
-    args = base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4, "--train.stop_after_steps": 3})
+    args = base_args(
+        tiny_teacher,
+        small_data_dir,
+        run,
+        **{"--max-steps": 8, "--save-every": 4, "--train.stop_after_steps": 3},
+    )
     check_ok(launch(args, nproc=2))
     check_ok(launch(args, nproc=2))  # steps 4..6
-    check_ok(launch(base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4}), nproc=2))
+    check_ok(
+        launch(
+            base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4}),
+            nproc=2,
+        )
+    )
     assert losses(run) == losses(reference_run)
     assert _same_weights(_weights(run, 8), _weights(reference_run, 8))
 
@@ -80,23 +114,52 @@ def _start_two_ranks(args: list[str], port: int) -> list[subprocess.Popen[str]]:
     process's own exit code is visible."""
     procs = []
     for rank in (0, 1):
-        env = train_env({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-        procs.append(subprocess.Popen([sys.executable, "-m", "pipeline.train", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True))
+        env = train_env(
+            {
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pipeline.train", *args],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
     return procs
 
 
-def test_signal_checkpoints_and_exits_then_resume_matches(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path) -> None:
+def test_signal_checkpoints_and_exits_then_resume_matches(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
     from pipeline_helpers import _free_port
 
     steps = 40
     reference = tmp_path / "reference"
-    check_ok(launch(base_args(tiny_teacher, small_data_dir, reference, **{"--max-steps": steps, "--save-every": 0}), nproc=2))
+    check_ok(
+        launch(
+            base_args(
+                tiny_teacher, small_data_dir, reference, **{"--max-steps": steps, "--save-every": 0}
+            ),
+            nproc=2,
+        )
+    )
     run = tmp_path / "preempted"
     args = base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": steps, "--save-every": 0})
     procs = _start_two_ranks(args, _free_port())
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+    while time.time() < deadline and not (
+        metrics.is_file() and len(metrics.read_text().splitlines()) >= 3
+    ):
         time.sleep(0.05)
     # SIGTERM to rank 1's whole process group (its data-loader worker too), as Slurm and
     # `kill -TERM -PGID` do; rank 0 is not signalled and learns it at the step boundary.
@@ -113,12 +176,26 @@ def test_signal_checkpoints_and_exits_then_resume_matches(tmp_path: Path, tiny_t
 
 
 @pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
-def test_resume_on_another_world_size(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, before: int, after: int) -> None:
-    extra = {"--max-steps": 8, "--save-every": 4, "--train.sample_log": "true", "--model.dropout": 0.0}
+def test_resume_on_another_world_size(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, before: int, after: int
+) -> None:
+    extra = {
+        "--max-steps": 8,
+        "--save-every": 4,
+        "--train.sample_log": "true",
+        "--model.dropout": 0.0,
+    }
     reference = tmp_path / "reference"
     check_ok(launch(base_args(tiny_teacher, small_data_dir, reference, **extra), nproc=before))
     run = tmp_path / "moved"
-    check_ok(launch(base_args(tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 4}), nproc=before))
+    check_ok(
+        launch(
+            base_args(
+                tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 4}
+            ),
+            nproc=before,
+        )
+    )
     result = launch(base_args(tiny_teacher, small_data_dir, run, **extra), nproc=after)
     check_ok(result)
     assert "universal" in result.stdout
@@ -133,13 +210,18 @@ def test_resume_on_another_world_size(tmp_path: Path, tiny_teacher: Path, small_
     assert all(torch.allclose(w_got[k], w_want[k], atol=1e-4) for k in w_want)
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path) -> None:
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
+) -> None:
     run = tmp_path / "damaged"
     shutil.copytree(reference_run, run)
     shard = next((run / "checkpoints" / "global_step8").glob("*optim_states.pt"))
     with open(shard, "r+b") as fh:
         fh.truncate(shard.stat().st_size // 2)
-    result = launch(base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4}), nproc=2)
+    result = launch(
+        base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4}),
+        nproc=2,
+    )
     check_ok(result)
     assert "skipping incomplete checkpoint" in result.stderr and "global_step8" in result.stderr
     assert "resumed from" in result.stdout and "global_step4" in result.stdout
@@ -153,22 +235,49 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path, ti
     assert found is not None and found.step == 4
 
 
-def test_contradicting_config_is_refused(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path) -> None:
+def test_contradicting_config_is_refused(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
+) -> None:
     run = tmp_path / "contra"
     shutil.copytree(reference_run, run)
-    result = launch(base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 10, "--student-layers": 3}), launcher="python")
+    result = launch(
+        base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 10, "--student-layers": 3}),
+        launcher="python",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "contradicts the checkpoint" in result.stderr and "student" in result.stderr
 
 
-def test_keep_last_and_deepspeed_tools(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path) -> None:
+def test_keep_last_and_deepspeed_tools(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
     run = tmp_path / "keep"
-    check_ok(launch(base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 5, "--save-every": 1, "--train.keep_last": 2}), launcher="python"))
+    check_ok(
+        launch(
+            base_args(
+                tiny_teacher,
+                small_data_dir,
+                run,
+                **{"--max-steps": 5, "--save-every": 1, "--train.keep_last": 2},
+            ),
+            launcher="python",
+        )
+    )
     kept = sorted(p.name for p in (run / "checkpoints").glob("global_step*"))
     assert kept == ["global_step4", "global_step5"]
     # DeepSpeed's own script reads the run folder through its `latest` file.
     out = tmp_path / "fp32"
-    subprocess.run([sys.executable, str(run / "checkpoints" / "zero_to_fp32.py"), str(run / "checkpoints"), str(out)], check=True, capture_output=True, env=train_env())
+    subprocess.run(
+        [
+            sys.executable,
+            str(run / "checkpoints" / "zero_to_fp32.py"),
+            str(run / "checkpoints"),
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        env=train_env(),
+    )
     assert list(out.glob("*.safetensors")) or list(out.glob("*.bin"))
 
 
@@ -176,7 +285,13 @@ def test_export_loads_in_transformers_and_fills_a_mask(tmp_path: Path, reference
     from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
     out = tmp_path / "hf"
-    result = subprocess.run([sys.executable, "-m", "pipeline.export", "--run", str(reference_run), "--out", str(out)], cwd=REPO, env=train_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.export", "--run", str(reference_run), "--out", str(out)],
+        cwd=REPO,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     model = AutoModelForMaskedLM.from_pretrained(str(out))
@@ -190,6 +305,24 @@ def test_export_loads_in_transformers_and_fills_a_mask(tmp_path: Path, reference
     preds = fill(f"she was {tok.mask_token} to see him.")
     assert len(preds) == 5 and all(p["token_str"] for p in preds)
     # --step picks an older checkpoint; a missing one is one line, no traceback
-    check = subprocess.run([sys.executable, "-m", "pipeline.export", "--run", str(reference_run), "--step", "3", "--out", str(tmp_path / "x")], cwd=REPO, env=train_env(), capture_output=True, text=True)
-    assert check.returncode == 2 and "Traceback" not in check.stderr and "global_step3" in check.stderr
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.export",
+            "--run",
+            str(reference_run),
+            "--step",
+            "3",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        cwd=REPO,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        check.returncode == 2 and "Traceback" not in check.stderr and "global_step3" in check.stderr
+    )
     os.environ.pop("UNUSED", None)

@@ -38,7 +38,9 @@ def test_kd_loss_runs_in_fp32_for_half_inputs(logits: tuple[torch.Tensor, torch.
     assert half.item() == pytest.approx(full.item(), rel=5e-2)
 
 
-def test_mlm_loss_is_mean_negative_log_likelihood(logits: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_mlm_loss_is_mean_negative_log_likelihood(
+    logits: tuple[torch.Tensor, torch.Tensor],
+) -> None:
     s, _ = logits
     labels = torch.tensor([0, 5, 9, 49, 3, 3, 1])
     logp = torch.log_softmax(s.double(), -1)
@@ -91,7 +93,9 @@ def test_sparse_kd_top_k_keeps_the_tail_honest(logits: tuple[torch.Tensor, torch
     assert sparse_kd_loss(s, top.indices, top.values, T).item() > 0
 
 
-def test_sparse_kd_gradient_matches_online_with_full_vocab(logits: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_sparse_kd_gradient_matches_online_with_full_vocab(
+    logits: tuple[torch.Tensor, torch.Tensor],
+) -> None:
     s, t = logits
     s1 = s.clone().requires_grad_(True)
     s2 = s.clone().requires_grad_(True)

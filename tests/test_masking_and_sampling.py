@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from data_prep.manifest import load_manifest
-from pipeline.data import BatchLayout, MicroBatches, ShardedDataset, make_masker, masking_spec, sample_at
+from pipeline.data import (
+    BatchLayout,
+    MicroBatches,
+    ShardedDataset,
+    make_masker,
+    masking_spec,
+    sample_at,
+)
 from pipeline.masking import IGNORE_INDEX, Masker, MaskingSpec
 
 SPEC = MaskingSpec(vocab_size=1000, mask_id=4, special_ids=(0, 2, 3, 4))
@@ -53,8 +60,18 @@ def test_frequency_smoothing_prefers_rare_tokens() -> None:
     spec = MaskingSpec(vocab_size=1000, mask_id=4, special_ids=(0, 2, 3, 4), smoothing=0.7)
     tokens = np.r_[2, np.tile(np.arange(10, 30), 10), 3]  # half frequent, half rare
     plain, smooth = Masker(SPEC), Masker(spec, counts)
-    frac_plain = np.mean([np.isin(tokens[plain(tokens, 0, 0, i)[1] != IGNORE_INDEX], np.arange(10, 20)).mean() for i in range(100)])
-    frac_smooth = np.mean([np.isin(tokens[smooth(tokens, 0, 0, i)[1] != IGNORE_INDEX], np.arange(10, 20)).mean() for i in range(100)])
+    frac_plain = np.mean(
+        [
+            np.isin(tokens[plain(tokens, 0, 0, i)[1] != IGNORE_INDEX], np.arange(10, 20)).mean()
+            for i in range(100)
+        ]
+    )
+    frac_smooth = np.mean(
+        [
+            np.isin(tokens[smooth(tokens, 0, 0, i)[1] != IGNORE_INDEX], np.arange(10, 20)).mean()
+            for i in range(100)
+        ]
+    )
     assert frac_plain == pytest.approx(0.5, abs=0.05)
     assert frac_smooth < 0.05
 
@@ -69,7 +86,9 @@ def test_sample_order_is_a_permutation_per_epoch() -> None:
     assert [sample_at(p, 6, n)[1] for p in range(n)] != [i for _, i in epoch0]
 
 
-def _global_batches(dataset: ShardedDataset, world: int, micro: int, global_batch: int, steps: int, masker: Masker) -> list[dict[int, tuple[list[int], list[int]]]]:
+def _global_batches(
+    dataset: ShardedDataset, world: int, micro: int, global_batch: int, steps: int, masker: Masker
+) -> list[dict[int, tuple[list[int], list[int]]]]:
     """Per step: sample index -> (input ids, labels) over all ranks."""
     accum = global_batch // (micro * world)
     out: list[dict[int, tuple[list[int], list[int]]]] = [{} for _ in range(steps)]
@@ -81,7 +100,10 @@ def _global_batches(dataset: ShardedDataset, world: int, micro: int, global_batc
             step = i // accum
             for row, index in enumerate(batch["sample_index"].tolist()):
                 n = int(batch["attention_mask"][row].sum())
-                out[step][index] = (batch["input_ids"][row, :n].tolist(), batch["labels"][row, :n].tolist())
+                out[step][index] = (
+                    batch["input_ids"][row, :n].tolist(),
+                    batch["labels"][row, :n].tolist(),
+                )
     return out
 
 
@@ -102,10 +124,23 @@ def test_sharded_dataset_reads_every_shard(small_data_dir: Path) -> None:
 
     manifest = load_manifest(small_data_dir)
     dataset = ShardedDataset(small_data_dir, "train", manifest)
-    direct = [r[i] for s in manifest["splits"]["train"]["shards"] for r in [IndexedReader(small_data_dir / s["path"])] for i in range(len(r))]
+    direct = [
+        r[i]
+        for s in manifest["splits"]["train"]["shards"]
+        for r in [IndexedReader(small_data_dir / s["path"])]
+        for i in range(len(r))
+    ]
     assert len(dataset) == len(direct) == manifest["splits"]["train"]["num_sequences"]
     assert all(np.array_equal(dataset[i], direct[i]) for i in range(len(direct)))
     with pytest.raises(IndexError):
         dataset[len(dataset)]
-    batch = MicroBatches(dataset, BatchLayout(4, 4, 1, 1, 0), make_masker(manifest, masking_spec(manifest, 0.15, 0.8, 0.1, 0.0)), 1, 0, 1, 0)[0]
+    batch = MicroBatches(
+        dataset,
+        BatchLayout(4, 4, 1, 1, 0),
+        make_masker(manifest, masking_spec(manifest, 0.15, 0.8, 0.1, 0.0)),
+        1,
+        0,
+        1,
+        0,
+    )[0]
     assert batch["input_ids"].dtype == torch.int64 and batch["input_ids"].shape[0] == 4

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_helpers import make_bert_teacher, tiny_teacher  # noqa: F401 - fixture
+from pipeline_helpers import make_bert_teacher
 
 from data_prep.errors import UserError
 from pipeline.models import MaskedLM, build_student, default_layer_map, load_teacher
@@ -40,7 +40,10 @@ def test_student_copies_exactly_the_mapped_layers(tiny_teacher: Path) -> None:
     assert not any(torch.equal(v, unmapped) for k, v in s.items() if v.shape == unmapped.shape)
     assert torch.equal(s["vocab_transform.weight"], t["cls.predictions.transform.dense.weight"])
     assert torch.equal(s["vocab_projector.weight"], t["bert.embeddings.word_embeddings.weight"])
-    assert s["vocab_projector.weight"].data_ptr() == s["distilbert.embeddings.word_embeddings.weight"].data_ptr()
+    assert (
+        s["vocab_projector.weight"].data_ptr()
+        == s["distilbert.embeddings.word_embeddings.weight"].data_ptr()
+    )
 
 
 def test_student_embeddings_and_head_compute_the_teachers(tiny_teacher: Path) -> None:
@@ -84,7 +87,14 @@ def test_teacher_without_mlm_head_is_refused(tmp_path: Path, wordpiece_tokenizer
 def test_roberta_teacher_gets_a_roberta_student(tmp_path: Path) -> None:
     from transformers import RobertaConfig, RobertaForMaskedLM
 
-    cfg = RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, max_position_embeddings=80)
+    cfg = RobertaConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=80,
+    )
     torch.manual_seed(0)
     RobertaForMaskedLM(cfg).save_pretrained(str(tmp_path / "roberta"))
     teacher = load_teacher(str(tmp_path / "roberta"), "sdpa", need_head=True)

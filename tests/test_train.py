@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_helpers import (  # noqa: F401 - fixture
+from pipeline_helpers import (
     REPO,
     base_args,
     check_ok,
@@ -17,13 +17,14 @@ from pipeline_helpers import (  # noqa: F401 - fixture
     losses,
     make_bert_teacher,
     step_records,
-    tiny_teacher,
 )
 
 BF16 = str(REPO / "ds_configs" / "zero2_bf16.json")
 
 
-def test_two_rank_zero2_distillation_lowers_the_loss(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path) -> None:
+def test_two_rank_zero2_distillation_lowers_the_loss(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
     run = tmp_path / "run"
     args = base_args(tiny_teacher, small_data_dir, run, **{
         "--max-steps": 16, "--ds-config": BF16, "--lr": 2e-3, "--eval-every": 8,
@@ -33,7 +34,17 @@ def test_two_rank_zero2_distillation_lowers_the_loss(tmp_path: Path, tiny_teache
     check_ok(result)
     records = step_records(run)
     assert [r["step"] for r in records] == list(range(1, 17))
-    for key in ("loss", "ce", "mlm", "cos", "mse", "lr", "consumed_samples", "tokens_per_s", "grad_norm"):
+    for key in (
+        "loss",
+        "ce",
+        "mlm",
+        "cos",
+        "mse",
+        "lr",
+        "consumed_samples",
+        "tokens_per_s",
+        "grad_norm",
+    ):
         assert key in records[0], key
     assert records[-1]["consumed_samples"] == 16 * 8
     first = sum(r["loss"] for r in records[:3]) / 3
@@ -51,13 +62,32 @@ def test_two_rank_zero2_distillation_lowers_the_loss(tmp_path: Path, tiny_teache
     assert "step 16/16" in result.stdout
 
 
-def test_mlm_only_training_of_a_teacher(tmp_path: Path, wordpiece_tokenizer: Path, small_data_dir: Path) -> None:
+def test_mlm_only_training_of_a_teacher(
+    tmp_path: Path, wordpiece_tokenizer: Path, small_data_dir: Path
+) -> None:
     from transformers import AutoTokenizer, BertConfig
 
-    cfg = BertConfig(vocab_size=len(AutoTokenizer.from_pretrained(str(wordpiece_tokenizer))), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=len(AutoTokenizer.from_pretrained(str(wordpiece_tokenizer))),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     cfg.to_json_file(str(tmp_path / "bert.json"))
     run = tmp_path / "teacher_run"
-    check_ok(launch(base_args(None, small_data_dir, run, **{"--model": tmp_path / "bert.json", "--max-steps": 10, "--lr": 3e-3}), launcher="python"))
+    check_ok(
+        launch(
+            base_args(
+                None,
+                small_data_dir,
+                run,
+                **{"--model": tmp_path / "bert.json", "--max-steps": 10, "--lr": 3e-3},
+            ),
+            launcher="python",
+        )
+    )
     records = step_records(run)
     assert set(records[0]) >= {"loss", "mlm"} and "ce" not in records[0]
     assert records[-1]["loss"] < records[0]["loss"]
@@ -74,40 +104,104 @@ def _fails(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
         assert needle in errors[0], errors[0]
 
 
-def test_bad_input_fails_in_one_line(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path) -> None:
+def test_bad_input_fails_in_one_line(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
     out = tmp_path / "run"
-    _fails(launch(base_args(tiny_teacher, tmp_path / "nope", out), launcher="python"), "nope", "build_shards")
-    other = make_bert_teacher(tmp_path / "bert_vocab_teacher", REPO / "tests" / "assets" / "bert-base-uncased")
-    _fails(launch(base_args(other, small_data_dir, out), launcher="python"), "bert_vocab_teacher", "differs", "--tokenizer")
+    _fails(
+        launch(base_args(tiny_teacher, tmp_path / "nope", out), launcher="python"),
+        "nope",
+        "build_shards",
+    )
+    other = make_bert_teacher(
+        tmp_path / "bert_vocab_teacher", REPO / "tests" / "assets" / "bert-base-uncased"
+    )
+    _fails(
+        launch(base_args(other, small_data_dir, out), launcher="python"),
+        "bert_vocab_teacher",
+        "differs",
+        "--tokenizer",
+    )
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"train_batch_size": 64, "zero_optimization": {"stage": 2}}))
-    _fails(launch(base_args(tiny_teacher, small_data_dir, out, **{"--ds-config": ds}), launcher="python"), "ds.json", "train_batch_size", "64")
+    _fails(
+        launch(
+            base_args(tiny_teacher, small_data_dir, out, **{"--ds-config": ds}), launcher="python"
+        ),
+        "ds.json",
+        "train_batch_size",
+        "64",
+    )
     ds.write_text(json.dumps({"optimizer": {"type": "Adam"}, "zero_optimization": {"stage": 2}}))
-    _fails(launch(base_args(tiny_teacher, small_data_dir, out, **{"--ds-config": ds}), launcher="python"), "optimizer")
-    _fails(launch(base_args(tiny_teacher, small_data_dir, out, **{"--global-batch-size": 6, "--micro-batch-size": 4}), launcher="python"), "micro", "--micro-batch-size")
+    _fails(
+        launch(
+            base_args(tiny_teacher, small_data_dir, out, **{"--ds-config": ds}), launcher="python"
+        ),
+        "optimizer",
+    )
+    _fails(
+        launch(
+            base_args(
+                tiny_teacher,
+                small_data_dir,
+                out,
+                **{"--global-batch-size": 6, "--micro-batch-size": 4},
+            ),
+            launcher="python",
+        ),
+        "micro",
+        "--micro-batch-size",
+    )
     fp16 = REPO / "ds_configs" / "zero2_fp16.json"
-    _fails(launch(base_args(tiny_teacher, small_data_dir, out, **{"--ds-config": fp16}), launcher="python"), "fp16", "CPU", "zero2_bf16.json")
-    _fails(launch(base_args(tiny_teacher, small_data_dir, out, **{"--loss.alpha_ce": "lots"}), launcher="python"), "loss.alpha_ce")
+    _fails(
+        launch(
+            base_args(tiny_teacher, small_data_dir, out, **{"--ds-config": fp16}), launcher="python"
+        ),
+        "fp16",
+        "CPU",
+        "zero2_bf16.json",
+    )
+    _fails(
+        launch(
+            base_args(tiny_teacher, small_data_dir, out, **{"--loss.alpha_ce": "lots"}),
+            launcher="python",
+        ),
+        "loss.alpha_ce",
+    )
     assert not (out / "checkpoints").exists()
 
 
 def test_bad_input_fails_on_every_rank_without_hanging(tmp_path: Path, tiny_teacher: Path) -> None:
-    result = launch(base_args(tiny_teacher, tmp_path / "missing", tmp_path / "run"), nproc=2, timeout=120)
+    result = launch(
+        base_args(tiny_teacher, tmp_path / "missing", tmp_path / "run"), nproc=2, timeout=120
+    )
     assert result.returncode != 0
     assert result.stderr.count("pipeline.train: error:") == 2
 
 
 @pytest.mark.slow
-def test_launchers_give_identical_losses(tmp_path: Path, tiny_teacher: Path, small_data_dir: Path) -> None:
+def test_launchers_give_identical_losses(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
     """torchrun, the deepspeed launcher, mpirun and two torchrun "nodes" on loopback."""
     import subprocess
 
     from pipeline_helpers import _free_port, train_env
 
     runs = {}
-    for name, kwargs in {"torchrun": {"launcher": "torchrun"}, "deepspeed": {"launcher": "deepspeed"}, "mpirun": {"launcher": "mpirun"}}.items():
+    for name, kwargs in {
+        "torchrun": {"launcher": "torchrun"},
+        "deepspeed": {"launcher": "deepspeed"},
+        "mpirun": {"launcher": "mpirun"},
+    }.items():
         runs[name] = tmp_path / name
-        check_ok(launch(base_args(tiny_teacher, small_data_dir, runs[name], **{"--max-steps": 4}), nproc=2, **kwargs))
+        check_ok(
+            launch(
+                base_args(tiny_teacher, small_data_dir, runs[name], **{"--max-steps": 4}),
+                nproc=2,
+                **kwargs,
+            )
+        )
     runs["two_nodes"] = tmp_path / "two_nodes"
     port = str(_free_port())
     args = base_args(tiny_teacher, small_data_dir, runs["two_nodes"], **{"--max-steps": 4})
