@@ -113,6 +113,7 @@ class Demo:
             "--ds-config", "ds_configs/zero2_bf16.json", "--max-steps", str(self.teacher_steps),
             "--global-batch-size", str(self.batch), "--lr", "1e-3", "--optim.warmup_fraction", "0.05",
             "--log-every", "10", "--eval-every", "100", "--save-every", "100", "--train.eval_samples", "512",
+            "--masking.smoothing", "0",
         )  # fmt: skip
         self.run(
             sys.executable,
@@ -126,7 +127,7 @@ class Demo:
 
     def cache(self) -> None:
         self.run(sys.executable, "-m", "data_prep.cache_teacher", "--data", self.w / "data", "--teacher", self.w / "teacher",
-                 "--out", self.w / "cache", "--top-k", "32", "--views", "1")  # fmt: skip
+                 "--out", self.w / "cache", "--top-k", "32", "--views", "1", "--smoothing", "0")  # fmt: skip
 
     def student_args(self, out: Path) -> list[str | Path]:
         return [
@@ -134,6 +135,7 @@ class Demo:
             "--ds-config", "ds_configs/zero2_bf16.json", "--max-steps", str(self.student_steps),
             "--global-batch-size", str(self.batch), "--lr", "1e-3", "--log-every", "10",
             "--eval-every", "100", "--save-every", "100", "--train.eval_samples", "512",
+            "--masking.smoothing", "0",
         ]  # fmt: skip
 
     def student(self) -> None:

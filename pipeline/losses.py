@@ -54,10 +54,14 @@ def sparse_kd_loss(
     p = log_p.exp()
     # Entries with p = 0 (log p = -inf: unused slots of a sampled row) add exactly nothing.
     kl_k = (p * torch.where(p > 0, log_p - log_q, torch.zeros_like(log_p))).sum(-1)
-    # Tail mass below rounding noise (K = V, or sampled frequencies summing to 1) counts as none.
-    p_tail = 1.0 - p.sum(-1)
-    p_tail = torch.where(p_tail > 1e-6, p_tail, torch.zeros_like(p_tail))
     log_q_tail = torch.logsumexp(log_q_all.scatter(-1, teacher_ids.long(), float("-inf")), dim=-1)
+    # Tail mass below rounding noise (sampled frequencies summing to 1) counts as none, and so does
+    # any when the K ids cover the whole vocabulary (K = V: the fp32 sum of V probabilities is
+    # off by more than 1e-6, and there is no student tail to put it in).
+    p_tail = 1.0 - p.sum(-1)
+    p_tail = torch.where(
+        (p_tail > 1e-6) & torch.isfinite(log_q_tail), p_tail, torch.zeros_like(p_tail)
+    )
     kl_tail = torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail.clamp_min(-100.0)
     return (kl_k + kl_tail).mean() * temperature**2
 
