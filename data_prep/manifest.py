@@ -37,7 +37,9 @@ def load_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and sanity-check a manifest; every problem is a one-line UserError."""
     path = manifest_path(data_dir)
     if not Path(data_dir).is_dir():
-        raise UserError(f"{data_dir}: no such data folder; build it with python -m data_prep.build_shards")
+        raise UserError(
+            f"{data_dir}: no such data folder; build it with python -m data_prep.build_shards"
+        )
     if not path.is_file():
         raise UserError(
             f"{path}: missing; the data prep did not finish. Rerun python -m data_prep.build_shards "

@@ -19,7 +19,9 @@ PACK_MODES = ("full", "doc")
 class Packer:
     """Turns a stream of documents (id arrays) into sequences; call :meth:`flush` at the end."""
 
-    def __init__(self, seq_len: int, cls_id: int, sep_id: int, mode: str, dtype: type[np.number]) -> None:
+    def __init__(
+        self, seq_len: int, cls_id: int, sep_id: int, mode: str, dtype: type[np.number]
+    ) -> None:
         if seq_len < 3:
             raise ValueError("seq_len must be at least 3 ([CLS] token [SEP])")
         if mode not in PACK_MODES:
