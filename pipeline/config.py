@@ -123,6 +123,8 @@ class TrainConfig:
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
     """Signals that make every rank checkpoint at the next step and exit with ``preempt_exit_code``."""
     preempt_exit_code: int = 42
+    max_min_scale_steps: int = 200
+    """fp16: stop (without saving) when the loss scale stays at its minimum this many steps."""
     sample_log: bool = False
     """Each rank appends the sample indices and mask views of every micro-batch to
     RUN_DIR/samples/rankR.jsonl (a data audit: none skipped, none repeated)."""

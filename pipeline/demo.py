@@ -4,15 +4,20 @@
 
 Stages (each prints its progress; a rerun skips finished stages and resumes unfinished ones):
 
-1. tokenizer  train a WordPiece tokenizer on the bundled Austen corpus
-2. shards     build_shards: packed Megatron shards (seq 128, 5% held out)
-3. teacher    pretrain a 4-layer BERT teacher with MLM only (2 ranks, ZeRO-2, bf16), export it
-4. cache      cache the teacher's top-k logits for the student's masks
-5. student    distil a 2-layer student from teacher layers 0 and 3 (2 ranks, ZeRO-2, bf16)
-6. control    the same student, same init and steps, trained with MLM only
-7. evaluate   held-out MLM accuracy/loss, agreement with the teacher, a downstream classifier
-8. export     the student as a Hugging Face folder, filling masked sentences
-9. report     report.md, report.json and loss_curves.png in the working folder
+1. tokenizer  train a WordPiece tokenizer (8,192 entries) on the bundled Austen corpus
+2. shards     build_shards: packed Megatron shards (seq 128, 5% of the paragraphs held out)
+3. teacher    pretrain a 4-layer BERT (hidden 128) with MLM only (2 ranks, ZeRO-2, bf16), export it
+4. cache      the teacher's distribution at the students' masked positions, as 64 samples per
+              position (RS-KD): a small teacher is flat at T=2, so a top-k cache keeps little mass
+5. student    distil a 2-layer student from teacher layers 0 and 3 (2 ranks, ZeRO-2, bf16), the
+              DistilBERT recipe: 5 x T^2 KL (logits from the cache) + 2 x MLM + 1 x cosine
+6. control    the student's architecture trained with MLM only from scratch, the same steps:
+              what the same budget gives without a teacher
+7. ablation   the student with the teacher's layers as init but MLM only, the same steps: what
+              the distillation losses add on top of the initialisation
+8. evaluate   held-out MLM accuracy/loss, agreement with the teacher, a fine-tuned classifier
+9. export     the student as a Hugging Face folder, filling masked sentences
+10. report    report.md, report.json and loss_curves.png in the working folder
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from data_prep.errors import UserError, cli_main
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "data_prep" / "corpus"
+MODELS = ("teacher", "student", "control", "ablation")
 SENTENCES = [
     "it is a truth universally acknowledged, that a single man in possession of a good [MASK], must be in want of a wife.",
     "she was not [MASK] to see him again so soon.",
@@ -49,7 +55,7 @@ class Demo:
             json.loads(self.times_path.read_text()) if self.times_path.is_file() else {}
         )
         scale = 0.1 if quick else 1.0
-        self.teacher_steps = max(20, int(600 * scale))
+        self.teacher_steps = max(20, int(1200 * scale))
         self.student_steps = max(20, int(300 * scale))
         self.batch = 32
         self.env = {
@@ -93,71 +99,84 @@ class Demo:
 
     # -- stages ----------------------------------------------------------------------------
     def tokenizer(self) -> None:
-        self.run(sys.executable, "-m", "data_prep.train_tokenizer", "--input", CORPUS / "austen" / "*.txt.gz",
-                 "--output", self.w / "tokenizer", "--vocab-size", "8192")  # fmt: skip
+        self.run(
+            sys.executable, "-m", "data_prep.train_tokenizer", "--input", CORPUS / "austen" / "*.txt.gz",
+            "--output", self.w / "tokenizer", "--vocab-size", "8192",
+        )  # fmt: skip
 
     def shards(self) -> None:
-        self.run(sys.executable, "-m", "data_prep.build_shards", "--input", CORPUS / "austen" / "*.txt.gz",
-                 "--tokenizer", self.w / "tokenizer", "--seq-len", "128", "--output", self.w / "data",
-                 "--workers", "2", "--valid-fraction", "0.05")  # fmt: skip
+        self.run(
+            sys.executable, "-m", "data_prep.build_shards", "--input", CORPUS / "austen" / "*.txt.gz",
+            "--tokenizer", self.w / "tokenizer", "--seq-len", "128", "--output", self.w / "data",
+            "--workers", "2", "--valid-fraction", "0.05",
+        )  # fmt: skip
 
     def teacher(self) -> None:
         from transformers import AutoTokenizer, BertConfig
 
         vocab = len(AutoTokenizer.from_pretrained(str(self.w / "tokenizer")))
-        cfg = BertConfig(vocab_size=vocab, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                         intermediate_size=1024, max_position_embeddings=128)  # fmt: skip
+        cfg = BertConfig(
+            vocab_size=vocab, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=512, max_position_embeddings=128,
+        )  # fmt: skip
         cfg.to_json_file(str(self.w / "teacher_config.json"))
         self.torchrun(
-            "--model", self.w / "teacher_config.json", "--data", self.w / "data", "--output", self.w / "runs" / "teacher",
-            "--ds-config", "ds_configs/zero2_bf16.json", "--max-steps", str(self.teacher_steps),
-            "--global-batch-size", str(self.batch), "--lr", "1e-3", "--optim.warmup_fraction", "0.05",
-            "--log-every", "10", "--eval-every", "100", "--save-every", "100", "--train.eval_samples", "512",
-            "--masking.smoothing", "0",
+            "--model", self.w / "teacher_config.json", "--data", self.w / "data",
+            "--output", self.w / "runs" / "teacher", "--ds-config", "ds_configs/zero2_bf16.json",
+            "--max-steps", str(self.teacher_steps), "--global-batch-size", str(self.batch),
+            "--lr", "1e-3", "--log-every", "20", "--eval-every", "300", "--save-every", "300",
+            "--train.eval_samples", "512", "--masking.smoothing", "0",
         )  # fmt: skip
-        self.run(
-            sys.executable,
-            "-m",
-            "pipeline.export",
-            "--run",
-            self.w / "runs" / "teacher",
-            "--out",
-            self.w / "teacher",
-        )
+        self.run(sys.executable, "-m", "pipeline.export", "--run", self.w / "runs" / "teacher",
+                 "--out", self.w / "teacher")  # fmt: skip
 
     def cache(self) -> None:
-        self.run(sys.executable, "-m", "data_prep.cache_teacher", "--data", self.w / "data", "--teacher", self.w / "teacher",
-                 "--out", self.w / "cache", "--top-k", "32", "--views", "1", "--smoothing", "0")  # fmt: skip
+        self.run(
+            sys.executable, "-m", "data_prep.cache_teacher", "--data", self.w / "data",
+            "--teacher", self.w / "teacher", "--out", self.w / "cache", "--mode", "sample",
+            "--samples", "64", "--views", "1", "--smoothing", "0",
+        )  # fmt: skip
 
-    def student_args(self, out: Path) -> list[str | Path]:
+    def student_args(self, name: str) -> list[str | Path]:
         return [
-            "--teacher", self.w / "teacher", "--data", self.w / "data", "--output", out,
-            "--ds-config", "ds_configs/zero2_bf16.json", "--max-steps", str(self.student_steps),
-            "--global-batch-size", str(self.batch), "--lr", "1e-3", "--log-every", "10",
-            "--eval-every", "100", "--save-every", "100", "--train.eval_samples", "512",
-            "--masking.smoothing", "0",
+            "--teacher", self.w / "teacher", "--data", self.w / "data",
+            "--output", self.w / "runs" / name, "--ds-config", "ds_configs/zero2_bf16.json",
+            "--max-steps", str(self.student_steps), "--global-batch-size", str(self.batch),
+            "--lr", "1e-3", "--log-every", "10", "--eval-every", "100", "--save-every", "100",
+            "--train.eval_samples", "512", "--masking.smoothing", "0",
         ]  # fmt: skip
 
     def student(self) -> None:
-        extra: list[str | Path] = ["--loss.alpha_cos", "0"]
+        extra: list[str | Path] = []
         if (self.w / "cache" / "manifest.json").is_file():
             extra += ["--teacher-cache", self.w / "cache"]
-        self.torchrun(*self.student_args(self.w / "runs" / "student"), *extra)
+        self.torchrun(*self.student_args("student"), *extra)
 
     def control(self) -> None:
-        self.torchrun(*self.student_args(self.w / "runs" / "control"),
-                      "--loss.alpha_ce", "0", "--loss.alpha_cos", "0", "--loss.alpha_mlm", "1")  # fmt: skip
+        self.torchrun(
+            *self.student_args("control"), "--model.init", "random",
+            "--loss.alpha_ce", "0", "--loss.alpha_cos", "0", "--loss.alpha_mlm", "1",
+        )  # fmt: skip
+
+    def ablation(self) -> None:
+        self.torchrun(
+            *self.student_args("ablation"),
+            "--loss.alpha_ce", "0", "--loss.alpha_cos", "0", "--loss.alpha_mlm", "1",
+        )  # fmt: skip
 
     def evaluate(self) -> None:
         sotu = CORPUS / "sotu_era"
-        for name, model in (
-            ("teacher", self.w / "teacher"),
-            ("student", self.w / "runs" / "student"),
-            ("control", self.w / "runs" / "control"),
-        ):
-            self.run(sys.executable, "-m", "pipeline.evaluate", "--model", model, "--data", self.w / "data",
-                     "--teacher", self.w / "teacher", "--json", self.w / "eval" / f"{name}.json", "--samples", "2048",
-                     "--classify", sotu / "train.jsonl.gz", sotu / "test.jsonl.gz")  # fmt: skip
+        for name in MODELS:
+            out = self.w / "eval" / f"{name}.json"
+            if out.is_file():
+                continue
+            model = self.w / "teacher" if name == "teacher" else self.w / "runs" / name
+            self.run(
+                sys.executable, "-m", "pipeline.evaluate", "--model", model, "--data", self.w / "data",
+                "--teacher", self.w / "teacher", "--json", out, "--samples", "2048",
+                "--classify", sotu / "train.jsonl.gz", sotu / "test.jsonl.gz",
+                "--classify-epochs", "2", "--classify-lr", "2e-4", "--classify-batch-size", "32",
+            )  # fmt: skip
 
     def export(self) -> None:
         out = self.w / "student_hf"
@@ -170,9 +189,10 @@ class Demo:
             "--out",
             out,
         )
-        from transformers import pipeline
+        import transformers
 
-        fill = pipeline("fill-mask", model=str(out), tokenizer=str(out))
+        transformers.utils.logging.set_verbosity_error()
+        fill = transformers.pipeline("fill-mask", model=str(out), tokenizer=str(out))
         lines = []
         for sentence in SENTENCES:
             preds = fill(sentence, top_k=3)
@@ -187,28 +207,21 @@ class Demo:
         write_report(self.w, self.times)
 
     def main(self) -> None:
-        w = self.w
+        w, steps = self.w, self.student_steps
         self.stage("tokenizer", (w / "tokenizer" / "tokenizer.json").is_file(), self.tokenizer)
         self.stage("shards", (w / "data" / "manifest.json").is_file(), self.shards)
+        teacher_done = (w / "teacher" / "model.safetensors").is_file()
         self.stage(
             "teacher",
-            (w / "teacher" / "model.safetensors").is_file()
-            and self.finished(w / "runs" / "teacher", self.teacher_steps),
+            teacher_done and self.finished(w / "runs" / "teacher", self.teacher_steps),
             self.teacher,
         )
-        have_cache = (REPO / "data_prep" / "cache_teacher.py").is_file()
-        self.stage("cache", not have_cache or (w / "cache" / "manifest.json").is_file(), self.cache)
-        self.stage(
-            "student", self.finished(w / "runs" / "student", self.student_steps), self.student
-        )
-        self.stage(
-            "control", self.finished(w / "runs" / "control", self.student_steps), self.control
-        )
-        self.stage(
-            "evaluate",
-            all((w / "eval" / f"{n}.json").is_file() for n in ("teacher", "student", "control")),
-            self.evaluate,
-        )
+        self.stage("cache", (w / "cache" / "manifest.json").is_file(), self.cache)
+        self.stage("student", self.finished(w / "runs" / "student", steps), self.student)
+        self.stage("control", self.finished(w / "runs" / "control", steps), self.control)
+        self.stage("ablation", self.finished(w / "runs" / "ablation", steps), self.ablation)
+        evaluated = all((w / "eval" / f"{n}.json").is_file() for n in MODELS)
+        self.stage("evaluate", evaluated, self.evaluate)
         self.stage("export", (w / "fill_mask.md").is_file(), self.export)
         self.stage("report", False, self.report)
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from data_prep.atomic import atomic_open, write_json
 
-RUNS = {"teacher": "teacher", "student": "student", "control": "control"}
-STAGE_OF = {"teacher": "teacher", "student": "student", "control": "control"}
+MODELS = ("teacher", "student", "control", "ablation")
 
 
 def _records(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -25,9 +24,9 @@ def _records(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 def collect(workdir: Path, times: dict[str, float]) -> dict[str, Any]:
     report: dict[str, Any] = {}
-    for name in ("teacher", "student", "control"):
+    for name in MODELS:
         evaluation = json.loads((workdir / "eval" / f"{name}.json").read_text())
-        steps, _ = _records(workdir / "runs" / RUNS[name])
+        steps, _ = _records(workdir / "runs" / name)
         speeds = [r["tokens_per_s"] for r in steps[1:]] or [r["tokens_per_s"] for r in steps]
         mlm = evaluation["mlm"]
         entry = {
@@ -39,14 +38,16 @@ def collect(workdir: Path, times: dict[str, float]) -> dict[str, Any]:
             "classification_accuracy": evaluation.get("classification", {}).get("accuracy"),
             "train_steps": steps[-1]["step"] if steps else 0,
             "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
-            "wall_s": times.get(STAGE_OF[name]),
+            "wall_s": times.get(name),
         }
         report[name] = entry
-    t, s, c = report["teacher"], report["student"], report["control"]
+    t, s, c, a = (report[n] for n in MODELS)
     report["bar"] = {
         "student_retention": s["mlm_accuracy"] / t["mlm_accuracy"] if t["mlm_accuracy"] else None,
         "student_keeps_90pct_of_teacher": s["mlm_accuracy"] >= 0.9 * t["mlm_accuracy"],
         "student_beats_control": s["mlm_accuracy"] > c["mlm_accuracy"],
+        "student_vs_ablation_accuracy": s["mlm_accuracy"] - a["mlm_accuracy"],
+        "student_vs_ablation_loss": s["mlm_loss"] - a["mlm_loss"],
     }
     report["stages_s"] = dict(times)
     return report
@@ -65,7 +66,7 @@ def markdown(report: dict[str, Any], fill_mask: str) -> str:
         "| model | params | held-out MLM acc | MLM loss | agreement w/ teacher | SOTU-era acc | steps | tokens/s | wall |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("teacher", "student", "control"):
+    for name in MODELS:
         r = report[name]
         wall = f"{r['wall_s']:.0f} s" if r["wall_s"] else "-"
         rows.append(
@@ -78,14 +79,17 @@ def markdown(report: dict[str, Any], fill_mask: str) -> str:
     return "\n".join([
         "# distil demo report",
         "",
-        "Teacher: 4-layer BERT pretrained here with MLM only. Student: 2 layers (teacher layers 0, 3),",
-        "distilled with DeepSpeed ZeRO-2 on 2 ranks. Control: the same student and init, MLM only, same steps.",
+        "Teacher: 4-layer BERT pretrained here with MLM only. Student: 2 layers initialised from teacher",
+        "layers 0 and 3, distilled with DeepSpeed ZeRO-2 on 2 ranks. Control: the student's architecture",
+        "trained with MLM only from scratch, same steps. Ablation: the student's teacher-layer init, MLM only.",
         "",
         *rows,
         "",
         f"- student keeps {_fmt(bar['student_retention'], True)} of the teacher's held-out MLM accuracy "
         f"({'meets' if bar['student_keeps_90pct_of_teacher'] else 'MISSES'} the 90% bar)",
         f"- student {'beats' if bar['student_beats_control'] else 'does NOT beat'} the MLM-only control at equal steps",
+        f"- against the ablation (same init, MLM only): {100 * bar['student_vs_ablation_accuracy']:+.2f} points of "
+        f"accuracy, {bar['student_vs_ablation_loss']:+.3f} MLM loss",
         f"- stage wall times: {stages}",
         "",
         "Fill-mask with the exported student:",
@@ -104,8 +108,8 @@ def plot(workdir: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, style in (("teacher", "-"), ("student", "-"), ("control", "--")):
-        steps, evals = _records(workdir / "runs" / RUNS[name])
+    for name, style in (("teacher", "-"), ("student", "-"), ("control", "--"), ("ablation", ":")):
+        steps, evals = _records(workdir / "runs" / name)
         if steps:
             ax1.plot(
                 [r["step"] for r in steps],

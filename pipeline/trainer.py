@@ -50,6 +50,26 @@ from pipeline.models import (
 EXIT_NONFINITE = 3
 
 
+class LossScaleWatch:
+    """Counts consecutive optimizer steps with the fp16 loss scale at its floor.
+
+    A few skipped (overflowing) steps are normal with dynamic loss scaling; a scale pinned at its
+    minimum means every step overflows and the run makes no progress.
+    """
+
+    def __init__(self, min_scale: float, patience: int) -> None:
+        self.min_scale = min_scale
+        self.patience = patience
+        self.at_floor = 0
+
+    def update(self, scale: float | None) -> bool:
+        """Record this step's scale; True when the run should stop."""
+        if scale is None:
+            return False
+        self.at_floor = self.at_floor + 1 if scale <= self.min_scale else 0
+        return self.patience > 0 and self.at_floor >= self.patience
+
+
 @dataclass
 class Plan:
     """Everything resolved before the process group starts."""
@@ -139,7 +159,14 @@ def prepare(cfg: Config, env: DistEnv, device: torch.device) -> Plan:
                 + (
                     "logits come from the teacher cache"
                     if cfg.loss.alpha_ce > 0
-                    else "no teacher loss is on (the teacher only initialised the student)"
+                    else (
+                        "no teacher loss is on (the teacher only "
+                        + (
+                            "initialised the student)"
+                            if cfg.model.init == "teacher"
+                            else "set its shape)"
+                        )
+                    )
                 )
             )
     else:
@@ -453,6 +480,9 @@ class Trainer:
         batches = iter(loader(data, cfg.data.num_workers, self.device.type == "cuda"))
         sums: dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), device=self.device)
+        fp16 = self.plan.engine.precision == "fp16"
+        min_scale = float(self.plan.engine.config.get("fp16", {}).get("min_loss_scale", 1))
+        scale_watch = LossScaleWatch(min_scale, t.max_min_scale_steps)
         tokens = 0
         steps_in_window = 0
         window_start = time.perf_counter()
@@ -477,12 +507,12 @@ class Trainer:
                     )
                 loss, terms, ntok = self._micro_step(batch)
                 tokens += ntok
-                nonfinite += (~torch.isfinite(loss)).float()
+                finite = torch.isfinite(loss)
+                nonfinite += (~finite).float()
+                # fp16 overflows are skipped steps, not data: keep them out of the averages.
                 for k, v in terms.items():
-                    sums[k] = (
-                        sums.get(k, torch.zeros((), device=self.device, dtype=torch.float64))
-                        + v.double()
-                    )
+                    zero = torch.zeros((), device=self.device, dtype=torch.float64)
+                    sums[k] = sums.get(k, zero) + torch.where(finite, v.double(), zero)
             self.step += 1
             self.consumed += t.global_batch_size
             steps_this_process += 1
@@ -490,7 +520,7 @@ class Trainer:
             end = self.step >= max_steps
             if self.step % t.log_every == 0 or end:
                 record = self._reduce_log(sums, tokens, steps_in_window, window_start, nonfinite)
-                if not math.isfinite(record["loss"]):
+                if record["nonfinite_losses"] and not fp16:
                     log.info(
                         f"error: non-finite loss at step {self.step}; stopping without saving. The last good checkpoint is {self._last_checkpoint()}; lower the lr or check the data, then resume"
                     )
@@ -499,6 +529,15 @@ class Trainer:
                 log.log_step(record)
                 sums, tokens, steps_in_window, window_start = {}, 0, 0, time.perf_counter()
                 nonfinite.zero_()
+            if scale_watch.update(self._loss_scale()):
+                log.info(
+                    f"error: the fp16 loss scale has been at its minimum ({min_scale:g}) for "
+                    f"{scale_watch.at_floor} steps: every step overflows. Stopping without saving; "
+                    f"the last good checkpoint is {self._last_checkpoint()}. Lower the lr, use bf16 "
+                    "(ds_configs/zero2_bf16.json), or check the data, then resume"
+                )
+                exit_code = EXIT_NONFINITE
+                break
             if (t.eval_every and self.step % t.eval_every == 0) or end:
                 log.log_eval(self.step, self.evaluate())
             preempt = self._agree(self._signalled is not None)
@@ -564,13 +603,13 @@ class Trainer:
         )
         dist.all_reduce(vec)
         vec = vec.cpu()
-        micro = steps * self.layout.grad_accum * self.world
+        skipped = int(vec[-1].item())
+        micro = steps * self.layout.grad_accum * self.world - skipped
         elapsed = max(time.perf_counter() - start, 1e-9)
         record: dict[str, Any] = {"step": self.step}
         for i, k in enumerate(keys):
-            record[k] = vec[i].item() / micro
-        if vec[-1].item() > 0:
-            record["loss"] = float("nan")
+            record[k] = vec[i].item() / micro if micro else float("nan")
+        record["nonfinite_losses"] = skipped
         record["lr"] = float(self.engine.get_lr()[0])
         record["consumed_samples"] = self.consumed
         record["tokens_per_s"] = vec[-2].item() / elapsed
