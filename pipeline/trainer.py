@@ -549,6 +549,7 @@ class Trainer:
                     )
                     exit_code = EXIT_NONFINITE
                     break
+                saving = time.perf_counter()
                 path = ckpt_mod.save(
                     self.engine,
                     self.run_dir,
@@ -557,7 +558,11 @@ class Trainer:
                     self.plan.identity,
                     t.keep_last,
                 )
-                log.info(f"saved checkpoint {path}")
+                size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                log.info(
+                    f"saved checkpoint {path} ({size / 2**20:,.0f} MiB in "
+                    f"{time.perf_counter() - saving:.1f} s)"
+                )
             if stop:
                 if preempt:
                     log.info(
