@@ -35,10 +35,11 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m pipeline.demo --workdir $(DEMO_DIR)
 
-test: setup
+# ruff (lint + format) and mypy first: they take seconds and fail fast.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: setup
+test-all: lint
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 lint: setup
@@ -51,8 +52,8 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(PY) -m data_prep.bench
-	$(PY) -m pipeline.bench
+	$(PY) -m pipeline.bench --data-prep
+	$(PY) -m pipeline.bench_cache
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
