@@ -108,31 +108,33 @@ def plot(workdir: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {
+        "teacher": "tab:blue",
+        "student": "tab:orange",
+        "control": "tab:green",
+        "ablation": "tab:purple",
+    }
     for name, style in (("teacher", "-"), ("student", "-"), ("control", "--"), ("ablation", ":")):
         steps, evals = _records(workdir / "runs" / name)
+        color = colors[name]
         if steps:
             ax1.plot(
                 [r["step"] for r in steps],
                 [r["mlm"] for r in steps],
                 style,
-                label=f"{name} MLM loss",
+                color=color,
+                label=f"{name}",
             )
-            if name == "student" and "ce" in steps[0]:
-                ax1.plot(
-                    [r["step"] for r in steps],
-                    [r["ce"] for r in steps],
-                    ":",
-                    label="student KD loss (T^2 KL)",
-                )
         if evals:
             ax2.plot(
                 [r["step"] for r in evals],
                 [r["eval"]["mlm_accuracy"] for r in evals],
                 style + "o",
+                color=color,
                 label=name,
             )
     ax1.set_xlabel("step")
-    ax1.set_title("training losses")
+    ax1.set_title("training MLM loss")
     ax1.legend()
     ax2.set_xlabel("step")
     ax2.set_title("held-out MLM accuracy")
