@@ -13,11 +13,10 @@ source readers as ``build_shards``.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from data_prep.atomic import atomic_dir
 from data_prep.errors import UserError, cli_main
 from data_prep.sources import BadInput, iter_documents, plan_units
 
@@ -109,20 +108,11 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--vocab-size {args.vocab_size} is too small")
     out = Path(args.output)
     texts = corpus_texts(args.input, args.text_field, args.max_docs)
-    # Build in a temporary folder beside OUT, then move it into place: never a half-made tokenizer.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # never a half-made tokenizer under OUT
         if args.kind == "wordpiece":
             train_wordpiece(texts, tmp, args.vocab_size, lowercase=not args.cased)
         else:
             train_sentencepiece(texts, tmp, args.vocab_size)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     print(f"wrote {args.kind} tokenizer to {out}")
 
 

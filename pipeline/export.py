@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from data_prep.atomic import atomic_dir
 from data_prep.errors import UserError, cli_main
 from pipeline import checkpoint as ckpt_mod
 
@@ -93,21 +93,13 @@ def load_run_model(run_dir: Path, step: int | None = None) -> tuple[Any, ckpt_mo
 
 def export(run_dir: Path, step: int | None, out: Path) -> Path:
     model, ckpt = load_run_model(run_dir, step)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         for f in (run_dir / MODEL_DIR).iterdir():
             if f.name != "config.json" and f.is_file():
                 shutil.copy2(f, tmp / f.name)
         record = {"run": str(run_dir), "checkpoint": ckpt.tag, "step": ckpt.step}
         (tmp / "distil_export.json").write_text(json.dumps(record, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

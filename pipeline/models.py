@@ -165,16 +165,22 @@ def _student_config(teacher: Any, layers: int, dropout: float | None) -> Any:
         cfg.num_hidden_layers = layers
     else:
         cfg.n_layers = layers
-    if dropout is not None:
-        for name in (
-            "hidden_dropout_prob",
-            "attention_probs_dropout_prob",
-            "dropout",
-            "attention_dropout",
-        ):
-            if hasattr(cfg, name):
-                setattr(cfg, name, dropout)
+    _set_dropout(cfg, dropout)
     return cfg
+
+
+def _set_dropout(cfg: Any, dropout: float | None) -> None:
+    """Override every dropout rate a BERT-family config has (None: keep the config's)."""
+    if dropout is None:
+        return
+    for name in (
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "dropout",
+        "attention_dropout",
+    ):
+        if hasattr(cfg, name):
+            setattr(cfg, name, dropout)
 
 
 def _bert_to_distilbert(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[str, Any]:
@@ -288,15 +294,7 @@ def load_mlm_model(spec: str, attn: str, dropout: float | None) -> MaskedLM:
         cfg = AutoConfig.for_model(**raw)
     except (ValueError, KeyError) as exc:
         raise UserError(f"{config_file}: not a transformers model config ({exc})") from None
-    if dropout is not None:
-        for name in (
-            "hidden_dropout_prob",
-            "attention_probs_dropout_prob",
-            "dropout",
-            "attention_dropout",
-        ):
-            if hasattr(cfg, name):
-                setattr(cfg, name, dropout)
+    _set_dropout(cfg, dropout)
     torch.manual_seed(0)
     model = AutoModelForMaskedLM.from_config(cfg, attn_implementation=attn)
     model_family(model)
