@@ -8,6 +8,11 @@
 ``sentencepiece`` writes ``OUT/spm.model`` (unigram) with ``[CLS]``, ``[SEP]``, ``[MASK]`` and a pad
 id, which ``build_shards --tokenizer OUT/spm.model`` takes. Inputs are read with the same
 source readers as ``build_shards``.
+
+Keep the trained folder: the ``tokenizers`` trainer breaks ties between equally frequent merges in
+hash-map order, so two trainings on the same corpus can differ in a few rare tokens and in the
+order of ids (seen here: 8 of 8,192 entries). Everything downstream checks the tokenizer's
+fingerprint, so a retrained tokenizer is never mixed with shards made by another.
 """
 
 from __future__ import annotations

@@ -87,6 +87,13 @@ class MaskedLM(nn.Module):
         out = getattr(self.model, self.encoder_attr)(**kwargs)
         return out.last_hidden_state, (out.hidden_states if all_layers else None)
 
+    def compile_encoder(self) -> None:
+        """torch.compile the encoder: the bulk of the FLOPs, on batches of (almost always) one shape.
+
+        The LM head is left eager: it sees a different number of masked rows every step.
+        """
+        getattr(self.model, self.encoder_attr).compile()
+
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """MLM logits of the given rows of hidden states (any leading shape)."""
         m: Any = self.model

@@ -280,10 +280,10 @@ class Trainer:
                 )
             self.teacher.to(device=device, dtype=dtype)
             if cfg.model.compile:
-                self.teacher.compile()
+                self.teacher.compile_encoder()
         module = StudentWithLoss(plan.student, cfg.loss, plan.layer_map, cfg.distilling)
         if cfg.model.compile:
-            plan.student.compile()
+            plan.student.compile_encoder()
         optimizer = build_optimizer(module, cfg, device)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _lr_lambda(plan.max_steps, cfg.optim.warmup_fraction)

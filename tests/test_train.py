@@ -219,3 +219,24 @@ def test_launchers_give_identical_losses(
     assert len(reference) == 4
     for name, run in runs.items():
         assert losses(run) == reference, name
+
+
+@pytest.mark.slow
+def test_compiled_encoders_give_the_eager_losses(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
+    """--model.compile true compiles both encoders; the losses stay those of eager mode."""
+    runs = {}
+    for mode in ("false", "true"):
+        runs[mode] = tmp_path / f"compile_{mode}"
+        args = base_args(
+            tiny_teacher,
+            small_data_dir,
+            runs[mode],
+            **{"--max-steps": 3, "--model.compile": mode, "--model.dropout": 0.0},
+        )
+        check_ok(launch(args, launcher="python", timeout=600))
+    eager, compiled = losses(runs["false"]), losses(runs["true"])
+    assert [s for s, _ in compiled] == [1, 2, 3]
+    for (_, a), (_, b) in zip(eager, compiled):
+        assert b == pytest.approx(a, rel=1e-4)
