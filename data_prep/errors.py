@@ -18,6 +18,12 @@ class UserError(Exception):
     """
 
 
+def error_line(message: str) -> None:
+    """Write one line to stderr in a single write, so lines of several ranks never interleave."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
     """Wrap a CLI ``main`` so that a ``UserError`` becomes one line on stderr and exit code 2."""
 
@@ -30,7 +36,7 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             if prog == "__main__":  # run as ``python -m data_prep.X``: name the module
                 spec = getattr(sys.modules["__main__"], "__spec__", None)
                 prog = spec.name if spec is not None else "distil"
-            print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+            error_line(f"{prog}: error: {exc}")
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)

@@ -30,7 +30,7 @@ def _has_cuda() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.errors import UserError
+    from data_prep.errors import UserError, error_line
 
     _quiet_libraries()
     args = list(sys.argv[1:] if argv is None else argv)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         init_process_group(env, device)
         code = Trainer(cfg, env, device, plan).run()
     except UserError as exc:
-        print(f"pipeline.train: error: {exc}", file=sys.stderr, flush=True)
+        error_line(f"pipeline.train: error: {exc}")
         return 2
     import torch.distributed as dist
 
