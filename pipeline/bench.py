@@ -202,7 +202,7 @@ class Bench:
 
         views = plan.teacher_cache.num_views if plan.teacher_cache is not None else 0
         mb = MicroBatches(trainer.train_ds, trainer.layout, trainer.masker, cfg.train.seed, 0,
-                          steps + warmup, trainer.pad_id, views)  # fmt: skip
+                          steps + warmup, trainer.pad_id, views, cache=plan.teacher_cache)  # fmt: skip
         batches = iter(loader(mb, cfg.data.num_workers, self.gpu))
         step_fn = self.plain_step(trainer, plain) if plain is not None else trainer._micro_step
         if self.gpu:

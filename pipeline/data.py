@@ -138,6 +138,7 @@ class MicroBatches(torch.utils.data.Dataset):
         num_steps: int,
         pad_id: int,
         num_views: int = 0,
+        cache: Any = None,
     ) -> None:
         self.dataset = dataset
         self.layout = layout
@@ -147,6 +148,7 @@ class MicroBatches(torch.utils.data.Dataset):
         self.num_steps = num_steps
         self.pad_id = pad_id
         self.num_views = num_views
+        self.cache = cache  # a TeacherCache: its targets are read here, in the worker
 
     def __len__(self) -> int:
         return self.num_steps * self.layout.grad_accum
@@ -160,7 +162,10 @@ class MicroBatches(torch.utils.data.Dataset):
             seqs.append(self.dataset[index])
             indices.append(index)
             views.append(epoch % self.num_views if self.num_views else epoch)
-        return collate(seqs, indices, views, self.masker, self.seed, self.pad_id)
+        batch = collate(seqs, indices, views, self.masker, self.seed, self.pad_id)
+        if self.cache is not None:
+            batch["teacher_ids"], batch["teacher_logp"] = self.cache.batch_targets(batch)
+        return batch
 
 
 class EvalBatches(torch.utils.data.Dataset):

@@ -343,11 +343,24 @@ class TeacherCache:
     def lookup(
         self, batch: dict[str, torch.Tensor], rows: torch.Tensor, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher (ids [N, K] int64, log-probs [N, K] float32) at a micro-batch's scored rows.
+        """Teacher (ids [N, K] int64, log-probs [N, K] float32) at a micro-batch's scored rows,
+        on ``device``. The trainer gets them from the data-loader workers instead (see
+        :meth:`batch_targets`); this is the same lookup in the calling process.
 
         ``rows`` are the masked positions in row-major order, i.e. sample by sample in batch order,
         positions ascending, which is the order the cache stores them in.
         """
+        ids, logp = self.batch_targets(batch)
+        if ids.shape[0] != int(rows.numel()):
+            raise ValueError(
+                "teacher cache lookup: rows are not the masked positions (ce_positions must be 'masked')"
+            )
+        nb = device.type == "cuda"
+        return ids.to(device, non_blocking=nb), logp.to(device, non_blocking=nb)
+
+    def batch_targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [N, K] int64, log-probs [N, K] float32) of a collated micro-batch's masked
+        positions, on the CPU; cheap enough for a data-loader worker (memory-mapped reads)."""
         per_sample = (batch["labels"] != IGNORE_INDEX).sum(1).tolist()
         ids, values = [], []
         for b, (index, view) in enumerate(
@@ -362,15 +375,9 @@ class TeacherCache:
                 )
             ids.append(i)
             values.append(v)
-        if sum(per_sample) != int(rows.numel()):
-            raise ValueError(
-                "teacher cache lookup: rows are not the masked positions (ce_positions must be 'masked')"
-            )
         id_arr = np.concatenate(ids) if ids else np.zeros((0, self.k), self.id_dtype)
         val_arr = np.concatenate(values) if values else np.zeros((0, self.k), self.value_dtype)
-        nb = device.type == "cuda"
-        id_t = torch.from_numpy(id_arr.astype(np.int64))
-        return id_t.to(device, non_blocking=nb), self.to_logp(val_arr).to(device, non_blocking=nb)
+        return torch.from_numpy(id_arr.astype(np.int64)), self.to_logp(val_arr)
 
 
 def open_cache(cfg: Config, manifest: dict[str, Any]) -> TeacherCache:

@@ -360,7 +360,13 @@ class Trainer:
     ) -> TeacherTargets | None:
         loss = self.cfg.loss
         targets = TeacherTargets()
-        if self.plan.teacher_cache is not None and loss.alpha_ce > 0:
+        if "teacher_ids" in batch:  # read from the cache by the data-loader worker
+            if batch["teacher_ids"].shape[0] != rows.numel():
+                raise ValueError("teacher cache rows are not the scored rows (ce_positions 'all'?)")
+            nb = self.device.type == "cuda"
+            targets.sparse_ids = batch["teacher_ids"].to(self.device, non_blocking=nb)
+            targets.sparse_logp = batch["teacher_logp"].to(self.device, non_blocking=nb)
+        elif self.plan.teacher_cache is not None and loss.alpha_ce > 0:
             targets.sparse_ids, targets.sparse_logp = self.plan.teacher_cache.lookup(
                 batch, rows, self.device
             )
@@ -476,6 +482,7 @@ class Trainer:
             max_steps - self.step,
             self.pad_id,
             self.plan.teacher_cache.num_views if self.plan.teacher_cache is not None else 0,
+            cache=self.plan.teacher_cache,
         )
         batches = iter(loader(data, cfg.data.num_workers, self.device.type == "cuda"))
         sums: dict[str, torch.Tensor] = {}
