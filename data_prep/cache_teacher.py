@@ -160,7 +160,7 @@ def _run_settings(args: argparse.Namespace) -> tuple[int, float, dict[str, float
 
 def resolve(args: argparse.Namespace, device: torch.device) -> Job:
     """Check the inputs and settings; every problem is one UserError, the same on every rank."""
-    from data_prep.tokenizers import tokenizer_fingerprint
+    from data_prep.tokenizers import check_model_tokenizer
     from pipeline.data import masking_spec
 
     if not args.data or not args.teacher:
@@ -199,13 +199,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
         )
     if not (teacher_dir / "config.json").is_file():
         raise UserError(f"{teacher_dir}: not a Hugging Face model folder (no config.json)")
-    if any((teacher_dir / n).exists() for n in ("tokenizer.json", "vocab.txt", "vocab.json")):
-        mine, theirs = tokenizer_fingerprint(teacher_dir), manifest["tokenizer"]["fingerprint"]
-        if mine != theirs:
-            raise UserError(
-                f"{teacher_dir}: its tokenizer (fingerprint {mine[:12]}) differs from the one {data_dir}/manifest.json "
-                f"was built with ({theirs[:12]}); rebuild the data with python -m data_prep.build_shards --tokenizer {teacher_dir}"
-            )
+    check_model_tokenizer(teacher_dir, manifest, data_dir)
     import json
 
     teacher_vocab = int(json.loads((teacher_dir / "config.json").read_text()).get("vocab_size", 0))

@@ -46,10 +46,6 @@ class SpecialIds:
     mask: int
     unk: int
 
-    def never_masked(self) -> list[int]:
-        """Ids that masking never selects: framing, padding and the mask token itself."""
-        return sorted({self.cls, self.sep, self.pad, self.mask})
-
 
 @dataclass(frozen=True)
 class TokenizerInfo:
@@ -92,9 +88,7 @@ class TextTokenizer:
 
     # -- loading ---------------------------------------------------------------------------
     def _load_hf(self) -> None:
-        if not any(
-            (self.path / name).exists() for name in ("tokenizer.json", "vocab.txt", "vocab.json")
-        ):
+        if not any((self.path / name).exists() for name in HF_VOCAB_FILES):
             raise UserError(
                 f"{self.path}: no tokenizer.json, vocab.txt or vocab.json in this folder; "
                 "pass the teacher's tokenizer folder or a SentencePiece .model"
@@ -201,9 +195,6 @@ class TextTokenizer:
         assert self._backend is not None
         return str(self._backend.decode(ids, skip_special_tokens=False))
 
-    def id_to_token(self, i: int) -> str:
-        return self._vocab_in_order[i]
-
     # -- identity --------------------------------------------------------------------------
     def _fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -232,6 +223,30 @@ def bert_tokenizer_from_vocab(vocab_file: Path, lowercase: bool = True) -> Any:
     return BertTokenizerFast(tokenizer_object=inner._tokenizer, do_lower_case=lowercase)
 
 
-def tokenizer_fingerprint(path: str | os.PathLike[str]) -> str:
-    """The fingerprint of the tokenizer at ``path`` (see the module docstring)."""
-    return TextTokenizer(path).info.fingerprint
+HF_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+
+
+def has_tokenizer_files(folder: str | os.PathLike[str]) -> bool:
+    """Whether a Hugging Face folder carries a tokenizer (a model folder may not)."""
+    return any((Path(folder) / name).is_file() for name in HF_VOCAB_FILES)
+
+
+def check_model_tokenizer(
+    model_dir: str | os.PathLike[str], manifest: dict[str, Any], data_dir: str | os.PathLike[str]
+) -> bool:
+    """Refuse a model folder whose tokenizer is not the one the shards were made with.
+
+    Returns False (nothing to compare) when the folder has no tokenizer files.
+    """
+    if not has_tokenizer_files(model_dir):
+        return False
+    mine = TextTokenizer(model_dir).info.fingerprint
+    theirs = manifest["tokenizer"]["fingerprint"]
+    if mine != theirs:
+        raise UserError(
+            f"{model_dir}: its tokenizer (fingerprint {mine[:12]}) differs from the one "
+            f"{data_dir}/manifest.json was built with ({theirs[:12]}, from "
+            f"{manifest['tokenizer']['path']}); rebuild the data with python -m "
+            f"data_prep.build_shards --tokenizer {model_dir} ..."
+        )
+    return True

@@ -18,6 +18,7 @@ from typing import Any
 
 from data_prep.atomic import atomic_dir
 from data_prep.errors import UserError, cli_main
+from data_prep.tokenizers import has_tokenizer_files
 from pipeline import checkpoint as ckpt_mod
 
 MODEL_DIR = "model"
@@ -31,11 +32,7 @@ def save_run_model_files(run_dir: Path, student: Any, manifest: dict[str, Any], 
     student.config.save_pretrained(str(out))
     tok_path = Path(manifest["tokenizer"]["path"])
     source = Path(cfg.model.teacher) if cfg.model.teacher else tok_path
-    _save_tokenizer(source if source.is_dir() and _has_tokenizer(source) else tok_path, out)
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt", "vocab.json"))
+    _save_tokenizer(source if source.is_dir() and has_tokenizer_files(source) else tok_path, out)
 
 
 def _save_tokenizer(source: Path, out: Path) -> None:

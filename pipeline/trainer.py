@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from data_prep.errors import UserError
 from data_prep.manifest import load_manifest, manifest_fingerprint
+from data_prep.tokenizers import check_model_tokenizer
 from pipeline import checkpoint as ckpt_mod
 from pipeline.config import Config, save_config
 from pipeline.data import (
@@ -97,26 +98,6 @@ def _teacher_needed(cfg: Config) -> tuple[bool, bool]:
     return forward, logits
 
 
-def _check_tokenizer(cfg: Config, manifest: dict[str, Any], model_dir: str) -> None:
-    from data_prep.tokenizers import TextTokenizer
-
-    folder = Path(model_dir)
-    if not any((folder / n).exists() for n in ("tokenizer.json", "vocab.txt", "vocab.json")):
-        print(
-            f"warning: {folder} has no tokenizer files; cannot check it against the data's tokenizer",
-            file=sys.stderr,
-        )
-        return
-    mine = TextTokenizer(folder).info.fingerprint
-    theirs = manifest["tokenizer"]["fingerprint"]
-    if mine != theirs:
-        raise UserError(
-            f"{folder}: its tokenizer (fingerprint {mine[:12]}) differs from the one {cfg.data.data}/manifest.json "
-            f"was built with ({theirs[:12]}, from {manifest['tokenizer']['path']}); rebuild the data with "
-            f"python -m data_prep.build_shards --tokenizer {folder} ..."
-        )
-
-
 def _check_model_fits(model: MaskedLM, manifest: dict[str, Any], what: str) -> None:
     vocab = int(getattr(model.config, "vocab_size", 0))
     if vocab < int(manifest["vocab_size"]):
@@ -139,7 +120,12 @@ def prepare(cfg: Config, env: DistEnv, device: torch.device) -> Plan:
     teacher: MaskedLM | None = None
     if cfg.distilling:
         assert cfg.model.teacher is not None
-        _check_tokenizer(cfg, manifest, cfg.model.teacher)
+        if not check_model_tokenizer(cfg.model.teacher, manifest, str(cfg.data.data)):
+            print(
+                f"warning: {cfg.model.teacher} has no tokenizer files; cannot check it against "
+                "the data's tokenizer",
+                file=sys.stderr,
+            )
         teacher_full = load_teacher(
             cfg.model.teacher, cfg.model.attn_implementation, need_head=need_head
         )
@@ -298,7 +284,6 @@ class Trainer:
         self.step, self.consumed = 0, 0
         if plan.resume is not None:
             self._resume(plan.resume)
-        self.logger_start = self.step
 
     # -- setup -----------------------------------------------------------------------------
     def _write_run_files(self) -> None:
