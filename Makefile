@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml | apt
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m pipeline.demo --workdir $(DEMO_DIR)
+	$(PY) -m pipeline.tools.demo --workdir $(DEMO_DIR)
 
 # ruff (lint + format) and mypy first: they take seconds and fail fast.
 test: lint
@@ -52,8 +52,8 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(PY) -m pipeline.bench --data-prep
-	$(PY) -m pipeline.bench_cache
+	$(PY) -m pipeline.tools.bench --data-prep
+	$(PY) -m pipeline.tools.bench_cache
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -37,7 +37,7 @@ from data_prep.manifest import FORMAT, FORMAT_VERSION, SPLITS, manifest_path
 from data_prep.packing import PACK_MODES, Packer
 from data_prep.progress import Progress
 from data_prep.sources import BadInput, WorkUnit, iter_documents, plan_units, unit_input_bytes
-from data_prep.tokenizers import TextTokenizer
+from data_prep.tokenizer import TextTokenizer
 
 PLAN_NAME = "prep_plan.json"
 PARTS_DIR = "parts"

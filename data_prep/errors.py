@@ -36,7 +36,7 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             if prog == "__main__":  # run as ``python -m data_prep.X``: name the module
                 spec = getattr(sys.modules["__main__"], "__spec__", None)
                 prog = spec.name if spec is not None else "distil"
-            error_line(f"{prog}: error: {exc}")
+            error_line(f"{prog.removesuffix('.__main__')}: error: {exc}")
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)

@@ -27,7 +27,7 @@ from data_prep.errors import UserError
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
-_HEADER_SIZE = len(INDEX_HEADER) + 8 + 1 + 8 + 8
+HEADER_SIZE = len(INDEX_HEADER) + 8 + 1 + 8 + 8  # magic, version <Q, dtype <B, counts <Q <Q
 
 DTYPE_CODES: dict[type[np.number], int] = {
     np.uint8: 1,
@@ -40,6 +40,23 @@ DTYPE_CODES: dict[type[np.number], int] = {
     np.uint16: 8,
 }
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+
+
+def index_size(num_sequences: int, num_documents: int) -> int:
+    """Bytes of a well-formed ``.idx``: header, lengths, pointers, document indices."""
+    return HEADER_SIZE + num_sequences * (4 + 8) + num_documents * 8
+
+
+class ShardError(UserError):
+    """A shard file that is missing or malformed: ``path`` and what is wrong with it.
+
+    The message adds what to do; :mod:`data_prep.verify` puts its own hint after ``problem``.
+    """
+
+    def __init__(self, path: Path, problem: str, hint: str = "rebuild the data with build_shards"):
+        super().__init__(f"{path}: {problem}; {hint}")
+        self.path = path
+        self.problem = problem
 
 
 def token_dtype_for_vocab(vocab_size: int) -> type[np.number]:
@@ -184,7 +201,7 @@ class IndexedReader:
     """Memory-maps a shard and returns sequences as zero-copy numpy views.
 
     Every structural fact is checked on open (magic, version, dtype code, that the index and
-    the ``.bin`` size agree), and a bad shard raises :class:`UserError` naming the file.
+    the ``.bin`` size agree), and a bad shard raises :class:`ShardError` naming the file.
     """
 
     def __init__(self, prefix: str | os.PathLike[str]) -> None:
@@ -192,26 +209,27 @@ class IndexedReader:
         ipath, bpath = idx_path(prefix), bin_path(prefix)
         for path in (ipath, bpath):
             if not path.is_file():
-                raise UserError(f"{path}: shard file missing; rebuild the data with build_shards")
-        if ipath.stat().st_size < _HEADER_SIZE:  # np.memmap cannot map an empty file
-            raise UserError(f"{ipath}: not a Megatron MMIDIDX index (shorter than its header)")
+                raise ShardError(path, "shard file missing")
+        if ipath.stat().st_size < HEADER_SIZE:  # np.memmap cannot map an empty file
+            raise ShardError(ipath, "not a Megatron MMIDIDX index (shorter than its header)")
         idx = np.memmap(ipath, dtype=np.uint8, mode="r")
         if bytes(idx[: len(INDEX_HEADER)]) != INDEX_HEADER:
-            raise UserError(f"{ipath}: not a Megatron MMIDIDX index (bad header)")
+            raise ShardError(ipath, "not a Megatron MMIDIDX index (bad header)")
         off = len(INDEX_HEADER)
-        version, code, count, doc_count = struct.unpack_from("<QBQQ", bytes(idx[off:_HEADER_SIZE]))
+        version, code, count, doc_count = struct.unpack_from("<QBQQ", bytes(idx[off:HEADER_SIZE]))
         if version != INDEX_VERSION:
-            raise UserError(f"{ipath}: index version {version}, expected {INDEX_VERSION}")
+            raise ShardError(ipath, f"index version {version}, expected {INDEX_VERSION}")
         if code not in CODE_DTYPES:
-            raise UserError(f"{ipath}: unknown dtype code {code}")
-        expected = _HEADER_SIZE + count * 4 + count * 8 + doc_count * 8
+            raise ShardError(ipath, f"unknown dtype code {code}")
+        expected = index_size(count, doc_count)
         if idx.size < expected:
-            raise UserError(
-                f"{ipath}: index truncated ({idx.size} bytes, expected {expected}); "
-                "rebuild this shard (rerun build_shards, finished shards are kept)"
+            raise ShardError(
+                ipath,
+                f"index truncated ({idx.size} bytes, expected {expected})",
+                "rebuild this shard (rerun build_shards, finished shards are kept)",
             )
         self.dtype = np.dtype(CODE_DTYPES[code])
-        pos = _HEADER_SIZE
+        pos = HEADER_SIZE
         self.lengths = np.frombuffer(idx, dtype=np.int32, count=count, offset=pos)
         pos += count * 4
         self.pointers = np.frombuffer(idx, dtype=np.int64, count=count, offset=pos)
@@ -220,10 +238,10 @@ class IndexedReader:
         self.num_tokens = int(self.lengths.sum(dtype=np.int64))
         bin_size = bpath.stat().st_size
         if bin_size != self.num_tokens * self.dtype.itemsize:
-            raise UserError(
-                f"{bpath}: {bin_size} bytes but the index describes "
-                f"{self.num_tokens * self.dtype.itemsize}; the shard is truncated or foreign, "
-                "rebuild it"
+            raise ShardError(
+                bpath,
+                f"{bin_size} bytes but the index describes {self.num_tokens * self.dtype.itemsize}",
+                "the shard is truncated or foreign, rebuild it",
             )
         self._idx = idx
         self._bin = (

@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.errors import UserError, cli_main
+from data_prep.errors import cli_main
 from data_prep.indexed import (
-    INDEX_HEADER,
     IndexedReader,
+    ShardError,
     bin_path,
     idx_path,
+    index_size,
     sha256_file,
     token_dtype_for_vocab,
 )
@@ -172,16 +173,15 @@ def check_shard(
         return False
     try:
         reader = IndexedReader(prefix)
-    except UserError as exc:
-        report.problem(f"{str(exc).split('; ')[0]}; {fix}")
+    except ShardError as exc:
+        report.problem(f"{exc.path}: {exc.problem}; {fix}")
         return False
     n = len(reader)
     if reader.dtype != facts.dtype:
         report.problem(
             f"{ipath}: dtype {reader.dtype.name}, the manifest says {facts.dtype.name}; {fix}"
         )
-    expected_size = len(INDEX_HEADER) + 25 + n * 12 + len(reader.document_indices) * 8
-    extra = ipath.stat().st_size - expected_size
+    extra = ipath.stat().st_size - index_size(n, len(reader.document_indices))
     if extra:
         report.problem(f"{ipath}: {extra} bytes after the index; {fix}")
     if n != entry.get("num_sequences"):

@@ -1,24 +1,18 @@
-"""The trainer's side of the data: shard reader, global sample order, micro-batches.
+"""The trainer's side of the data: shard reader, micro-batches, the data loader.
 
 * :class:`ShardedDataset` memory-maps every shard of a split listed in ``manifest.json`` and
   returns sequences by global index (zero-copy views).
-* :func:`sample_at` is the sample order, a pure function: the stream of samples is the
-  concatenation of per-epoch permutations drawn from (seed, epoch); stream position ``p`` is
-  sample ``perm(seed, p // N)[p % N]`` of epoch ``p // N``. The position is ``consumed_samples``.
-* A global batch is positions ``[c, c + B)``; rank ``r`` of ``W`` takes, for micro-step ``k`` of
-  ``G``, positions ``c + (k * W + r) * b ... + b``. The set of samples (and their masks) in a global
-  batch never depends on how it is split, so a resume at another world size sees the same batches.
-* :class:`MicroBatches` is a map-style dataset of this rank's micro-batches from a start step,
-  built in DataLoader workers (tokens, masking, padding), pinned when a GPU is used.
+* :class:`MicroBatches` is a map-style dataset of this rank's micro-batches from a start step, in
+  the order of :mod:`pipeline.sampling`, built in DataLoader workers (tokens, masking, padding,
+  and the teacher cache's targets when there is one), pinned when a GPU is used.
+* :class:`EvalBatches`: the validation micro-batches of one rank.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,7 +20,11 @@ import torch
 from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader
 from data_prep.manifest import load_manifest
-from pipeline.masking import IGNORE_INDEX, Masker, MaskingSpec
+from pipeline.masking import IGNORE_INDEX, Masker
+from pipeline.sampling import BatchLayout, eval_indices, sample_at
+
+if TYPE_CHECKING:
+    from pipeline.cache_teacher.reader import TeacherCache
 
 
 class ShardedDataset:
@@ -66,32 +64,6 @@ class ShardedDataset:
             raise IndexError(index)
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         return self.readers[shard][index - int(self._starts[shard])]
-
-
-@functools.lru_cache(maxsize=4)
-def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.Generator(np.random.PCG64([seed, epoch, 0x5A4D])).permutation(n)
-
-
-def sample_at(position: int, seed: int, num_samples: int) -> tuple[int, int]:
-    """(epoch, sample index) at stream position ``position``."""
-    epoch, offset = divmod(position, num_samples)
-    return epoch, int(_permutation(seed, epoch, num_samples)[offset])
-
-
-@dataclass(frozen=True)
-class BatchLayout:
-    """How a global batch is split: B = micro x grad_accum x world_size."""
-
-    global_batch: int
-    micro_batch: int
-    grad_accum: int
-    world_size: int
-    rank: int
-
-    def positions(self, consumed: int, micro_step: int) -> range:
-        start = consumed + (micro_step * self.world_size + self.rank) * self.micro_batch
-        return range(start, start + self.micro_batch)
 
 
 def collate(
@@ -137,8 +109,7 @@ class MicroBatches(torch.utils.data.Dataset):
         start_consumed: int,
         num_steps: int,
         pad_id: int,
-        num_views: int = 0,
-        cache: Any = None,
+        cache: TeacherCache | None = None,
     ) -> None:
         self.dataset = dataset
         self.layout = layout
@@ -147,8 +118,10 @@ class MicroBatches(torch.utils.data.Dataset):
         self.start_consumed = start_consumed
         self.num_steps = num_steps
         self.pad_id = pad_id
-        self.num_views = num_views
-        self.cache = cache  # a TeacherCache: its targets are read here, in the worker
+        # With a cache of V views, epoch e masks with view e mod V; its targets are read here,
+        # in the worker, off the training step.
+        self.cache = cache
+        self.num_views = cache.num_views if cache is not None else 0
 
     def __len__(self) -> int:
         return self.num_steps * self.layout.grad_accum
@@ -169,8 +142,7 @@ class MicroBatches(torch.utils.data.Dataset):
 
 
 class EvalBatches(torch.utils.data.Dataset):
-    """Validation micro-batches: the first ``num_samples`` valid sequences, view 0, rank r taking
-    every W-th one, so summed metrics do not depend on the world size."""
+    """Validation micro-batches of one rank (:func:`pipeline.sampling.eval_indices`), view 0."""
 
     def __init__(
         self,
@@ -184,7 +156,7 @@ class EvalBatches(torch.utils.data.Dataset):
         pad_id: int,
     ) -> None:
         self.dataset, self.masker, self.seed, self.pad_id = dataset, masker, seed, pad_id
-        self.indices = list(range(min(num_samples, len(dataset))))[rank::world_size]
+        self.indices = eval_indices(len(dataset), num_samples, rank, world_size)
         self.micro_batch = micro_batch
 
     def __len__(self) -> int:
@@ -194,30 +166,6 @@ class EvalBatches(torch.utils.data.Dataset):
         idx = self.indices[i * self.micro_batch : (i + 1) * self.micro_batch]
         seqs = [self.dataset[j] for j in idx]
         return collate(seqs, idx, [0] * len(idx), self.masker, self.seed, self.pad_id)
-
-
-def masking_spec(
-    manifest: dict[str, Any],
-    mlm_probability: float,
-    mask_fraction: float,
-    random_fraction: float,
-    smoothing: float,
-) -> MaskingSpec:
-    sid = manifest["special_ids"]
-    return MaskingSpec(
-        vocab_size=int(manifest["vocab_size"]),
-        mask_id=int(sid["mask"]),
-        special_ids=tuple(sorted({sid["cls"], sid["sep"], sid["pad"], sid["mask"]})),
-        mlm_probability=mlm_probability,
-        mask_fraction=mask_fraction,
-        random_fraction=random_fraction,
-        smoothing=smoothing,
-    )
-
-
-def make_masker(manifest: dict[str, Any], spec: MaskingSpec) -> Masker:
-    counts = np.asarray(manifest["token_counts"], dtype=np.int64) if spec.smoothing > 0 else None
-    return Masker(spec, counts)
 
 
 def _ignore_signals(_worker_id: int) -> None:

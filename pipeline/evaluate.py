@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from data_prep.atomic import write_json
 from data_prep.errors import UserError, cli_main
-from pipeline.losses import take_rows
-from pipeline.masking import IGNORE_INDEX
+from pipeline.batch import take_rows
+from pipeline.config import DEFAULT_SEED
+from pipeline.masking import EVAL_MASKING, IGNORE_INDEX, make_masker
 from pipeline.models import MaskedLM, count_parameters
 
 SUMS = ("masked_tokens", "loss_sum", "correct", "teacher_correct", "agreement", "kl_sum")
@@ -115,13 +116,13 @@ def mlm_metrics(
     device: torch.device,
 ) -> dict[str, float]:
     from data_prep.manifest import load_manifest
-    from pipeline.data import EvalBatches, ShardedDataset, loader, make_masker, masking_spec
+    from pipeline.data import EvalBatches, ShardedDataset, loader
 
     manifest = load_manifest(data_dir)
     if not manifest["splits"]["valid"]["num_sequences"]:
         raise UserError(f"{data_dir}: the valid split is empty; rebuild with --valid-fraction > 0")
     dataset = ShardedDataset(data_dir, "valid", manifest)
-    masker = make_masker(manifest, masking_spec(manifest, 0.15, 0.8, 0.1, 0.0))
+    masker = make_masker(manifest, EVAL_MASKING)
     pad = int(manifest["special_ids"]["pad"])
     batches = EvalBatches(dataset, masker, seed, batch_size, 0, 1, samples, pad)
     student = MaskedLM(model.to(device).eval())
@@ -230,16 +231,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", help="write the metrics here")
     p.add_argument("--samples", type=int, default=4096, help="valid sequences to score")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, help="masking seed (default: the run's, else 56)")
+    p.add_argument(
+        "--seed", type=int, help=f"masking seed (default: the run's, else {DEFAULT_SEED})"
+    )
     p.add_argument("--classify", nargs=2, metavar=("TRAIN", "TEST"), help="labelled jsonl files")
     p.add_argument("--classify-epochs", type=int, default=3)
     p.add_argument("--classify-lr", type=float, default=5e-5)
     p.add_argument("--classify-batch-size", type=int, default=16)
     args = p.parse_args(argv)
-    import transformers
+    from pipeline.launch import quiet_libraries
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, run_dir = load_model(args.model)
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.models import load_teacher
 
         teacher = load_teacher(args.teacher, "sdpa", need_head=True).model
-    seed = args.seed if args.seed is not None else _run_seed(run_dir, 56)
+    seed = args.seed if args.seed is not None else _run_seed(run_dir, DEFAULT_SEED)
     result: dict[str, Any] = {"model": args.model, "params": count_parameters(model)}
     result["mlm"] = mlm_metrics(
         model, teacher, args.data, args.samples, args.batch_size, seed, device

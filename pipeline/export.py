@@ -18,20 +18,23 @@ from typing import Any
 
 from data_prep.atomic import atomic_dir
 from data_prep.errors import UserError, cli_main
-from data_prep.tokenizers import has_tokenizer_files
+from data_prep.tokenizer import has_tokenizer_files
 from pipeline import checkpoint as ckpt_mod
+from pipeline.config import RunPaths
+from pipeline.objective import student_weights
 
 MODEL_DIR = "model"
-STATE_PREFIX = "student.model."
 
 
-def save_run_model_files(run_dir: Path, student: Any, manifest: dict[str, Any], cfg: Any) -> None:
+def save_run_model_files(
+    run_dir: Path, student: Any, manifest: dict[str, Any], paths: RunPaths
+) -> None:
     """RUN_DIR/model: the student's config.json and the tokenizer, for export and evaluation."""
     out = run_dir / MODEL_DIR
     out.mkdir(parents=True, exist_ok=True)
     student.config.save_pretrained(str(out))
     tok_path = Path(manifest["tokenizer"]["path"])
-    source = Path(cfg.model.teacher) if cfg.model.teacher else tok_path
+    source = Path(paths.teacher) if paths.teacher else tok_path
     _save_tokenizer(source if source.is_dir() and has_tokenizer_files(source) else tok_path, out)
 
 
@@ -41,7 +44,7 @@ def _save_tokenizer(source: Path, out: Path) -> None:
         return
     from transformers import AutoTokenizer
 
-    from data_prep.tokenizers import bert_tokenizer_from_vocab
+    from data_prep.tokenizer import bert_tokenizer_from_vocab
 
     try:
         tok = AutoTokenizer.from_pretrained(str(source))
@@ -70,7 +73,7 @@ def load_run_model(run_dir: Path, step: int | None = None) -> tuple[Any, ckpt_mo
 
     ckpt = find_checkpoint(run_dir, step)
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.path.parent), tag=ckpt.tag)
-    weights = {k[len(STATE_PREFIX) :]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
+    weights = student_weights(state)
     config = AutoConfig.from_pretrained(str(run_dir / MODEL_DIR))
     model = AutoModelForMaskedLM.from_config(config)
     result = model.load_state_dict(weights, strict=False)

@@ -10,21 +10,13 @@ Every loss is computed in fp32 on the rows it needs:
 * ``cosine_loss``: 1 - cos(h_S, h_T) of the last hidden states, mean over non-pad positions;
 * ``hidden_mse_loss``: (1/M) sum_j MSE(h_S^j, h_T^map(j)) over the M student layers.
 
-:class:`StudentWithLoss` is what enters the engine: the student alone. The teacher's outputs come
-in as :class:`TeacherTargets`, computed outside the engine.
+Their weighted sum, the module the engine trains, is :mod:`pipeline.objective`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from pipeline.config import LossConfig
-from pipeline.masking import IGNORE_INDEX
-from pipeline.models import MaskedLM
 
 
 def kd_loss(
@@ -87,96 +79,3 @@ def hidden_mse_loss(
         for s, t in zip(student_layers, teacher_layers, strict=True)
     )
     return total / len(student_layers)  # type: ignore[return-value]
-
-
-@dataclass
-class TeacherTargets:
-    """What the losses need from the teacher, already restricted to the rows they score."""
-
-    logits: torch.Tensor | None = None  # [N, V] at the scored rows (online teacher)
-    sparse_ids: torch.Tensor | None = None  # [N, K] (teacher cache)
-    sparse_logp: torch.Tensor | None = None  # [N, K]
-    last_hidden: torch.Tensor | None = None  # [P, H] at non-pad rows
-    layers: list[torch.Tensor] | None = None  # M x [P, H]: teacher layer map(j) at non-pad rows
-
-
-def scored_rows(labels: torch.Tensor, attention_mask: torch.Tensor, positions: str) -> torch.Tensor:
-    """Flat indices of the rows the logit losses score: masked ones, or every non-pad one."""
-    keep = (
-        labels.reshape(-1) != IGNORE_INDEX
-        if positions == "masked"
-        else attention_mask.reshape(-1).bool()
-    )
-    return keep.nonzero().squeeze(-1)
-
-
-def nonpad_rows(attention_mask: torch.Tensor) -> torch.Tensor | None:
-    """Flat indices of non-pad rows, or None when nothing is padded (all rows count)."""
-    flat = attention_mask.reshape(-1).bool()
-    if bool(flat.all()):
-        return None
-    return flat.nonzero().squeeze(-1)
-
-
-def take_rows(hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    return flat if rows is None else flat.index_select(0, rows)
-
-
-class StudentWithLoss(nn.Module):
-    """The student and the weighted sum of the losses; the only module inside the engine."""
-
-    def __init__(
-        self, student: MaskedLM, loss: LossConfig, layer_map: list[int], distilling: bool
-    ) -> None:
-        super().__init__()
-        self.student = student
-        self.cfg = loss
-        self.layer_map = layer_map
-        self.distilling = distilling
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        labels: torch.Tensor,
-        rows: torch.Tensor,
-        pad_rows: torch.Tensor | None,
-        targets: TeacherTargets | None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg = self.cfg
-        need_layers = self.distilling and cfg.alpha_mse > 0
-        last, hidden = self.student.encode(input_ids, attention_mask, all_layers=need_layers)
-        terms: dict[str, torch.Tensor] = {}
-        total = torch.zeros((), device=last.device, dtype=torch.float32)
-        logits = self.student.head(take_rows(last, rows))
-        scored_labels = labels.reshape(-1).index_select(0, rows)
-        if cfg.alpha_mlm > 0 or not self.distilling:
-            masked = scored_labels != IGNORE_INDEX
-            terms["mlm"] = (
-                mlm_loss(logits[masked], scored_labels[masked])
-                if cfg.ce_positions == "all"
-                else mlm_loss(logits, scored_labels)
-            )
-            total = total + (cfg.alpha_mlm if self.distilling else 1.0) * terms["mlm"]
-        if self.distilling and targets is not None:
-            if cfg.alpha_ce > 0:
-                if targets.logits is not None:
-                    terms["ce"] = kd_loss(logits, targets.logits, cfg.temperature)
-                else:
-                    assert targets.sparse_ids is not None and targets.sparse_logp is not None
-                    terms["ce"] = sparse_kd_loss(
-                        logits, targets.sparse_ids, targets.sparse_logp, cfg.temperature
-                    )
-                total = total + cfg.alpha_ce * terms["ce"]
-            if cfg.alpha_cos > 0:
-                assert targets.last_hidden is not None
-                terms["cos"] = cosine_loss(take_rows(last, pad_rows), targets.last_hidden)
-                total = total + cfg.alpha_cos * terms["cos"]
-            if cfg.alpha_mse > 0:
-                assert hidden is not None and targets.layers is not None
-                s_layers = [take_rows(h, pad_rows) for h in hidden[1:]]
-                terms["mse"] = hidden_mse_loss(s_layers, targets.layers)
-                total = total + cfg.alpha_mse * terms["mse"]
-        terms["loss"] = total
-        return total, {k: v.detach() for k, v in terms.items()}

@@ -14,10 +14,15 @@ token, the rest keep their token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from pipeline.config import MaskingConfig
+
 IGNORE_INDEX = -100
+EVAL_MASKING = MaskingConfig(smoothing=0.0)
+"""Validation masking (the trainer's and pipeline.evaluate's): plain BERT, 15% with 80/10/10."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,24 @@ class Masker:
                 rng.integers(0, self._random_pool.size, size=to_random.size)
             ]
         return out, labels
+
+
+def masking_spec(manifest: dict[str, Any], m: MaskingConfig) -> MaskingSpec:
+    """The spec of masking settings ``m`` over the data of ``manifest`` (its vocabulary and ids)."""
+    sid = manifest["special_ids"]
+    return MaskingSpec(
+        vocab_size=int(manifest["vocab_size"]),
+        mask_id=int(sid["mask"]),
+        special_ids=tuple(sorted({sid["cls"], sid["sep"], sid["pad"], sid["mask"]})),
+        mlm_probability=m.mlm_probability,
+        mask_fraction=m.mask_fraction,
+        random_fraction=m.random_fraction,
+        smoothing=m.smoothing,
+    )
+
+
+def make_masker(manifest: dict[str, Any], m: MaskingConfig) -> Masker:
+    """The masker of settings ``m``; frequency smoothing takes the manifest's token counts."""
+    spec = masking_spec(manifest, m)
+    counts = np.asarray(manifest["token_counts"], dtype=np.int64) if spec.smoothing > 0 else None
+    return Masker(spec, counts)

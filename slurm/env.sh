@@ -77,8 +77,8 @@ export TORCH_EXTENSIONS_DIR
 : "${DS_CONFIG:=$DISTIL_HOME/ds_configs/zero2_bf16.json}"
 # More pipeline.train options (arguments given to sbatch after the script name come last and win).
 : "${TRAIN_ARGS:=}"
-# pipeline.train exits with this code after checkpointing on SIGUSR1/SIGTERM (--signal=USR1@120);
-# the job script then requeues itself. A job that keeps getting preempted stops requeueing after
+# pipeline.train exits with this code after checkpointing on SIGUSR1/SIGTERM (--signal=USR1@120):
+# pretrain.sbatch passes it as --train.preempt_exit_code and requeues itself on it. A job that keeps getting preempted stops requeueing after
 # MAX_REQUEUES restarts.
 : "${PREEMPT_EXIT_CODE:=42}"
 : "${MAX_REQUEUES:=50}"
@@ -101,15 +101,15 @@ export OMP_NUM_THREADS
 #   export HF_HUB_OFFLINE=1
 
 # Rendezvous of the ranks of one job: the first node of the allocation, and a port derived from
-# the job id (the same after a requeue; distinct for jobs that share a node). Called by the job
-# scripts inside the allocation. A MASTER_ADDR/MASTER_PORT exported in the submitting shell is
+# the job id (the same after a requeue; distinct for jobs that share a node) by the one formula,
+# pipeline.launch.slurm_port. Called by the job scripts inside the allocation. A MASTER_ADDR/MASTER_PORT exported in the submitting shell is
 # ignored on purpose (it belongs to something else); set DISTIL_MASTER_ADDR/_PORT to force them.
 # Ranks come from srun's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (pipeline/dist.py): torchrun's
 # RANK/WORLD_SIZE, taken before them, must not leak in from the submitting shell.
 distil_rendezvous() {
     unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE
     MASTER_ADDR=${DISTIL_MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
-    MASTER_PORT=${DISTIL_MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+    MASTER_PORT=${DISTIL_MASTER_PORT:-$("$PYTHON" -m pipeline.launch --slurm-port "$SLURM_JOB_ID")}
     export MASTER_ADDR MASTER_PORT
 }
 

@@ -132,7 +132,7 @@ class Prep:
     ) -> dict[str, list[list[int]]]:
         """Direct tokenization of ``texts`` (in order), split into train/valid as build_shards does."""
         from data_prep.build_shards import is_valid_document
-        from data_prep.tokenizers import TextTokenizer
+        from data_prep.tokenizer import TextTokenizer
 
         ids = TextTokenizer(tokenizer).encode_batch(texts)
         key, threshold = str(seed).encode(), int(valid_fraction * 2**64)
@@ -297,3 +297,21 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer: 
     from pipeline_helpers import make_bert_teacher
 
     return make_bert_teacher(tmp_path_factory.mktemp("teachers") / "tiny", wordpiece_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def reference_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_teacher: Path, small_data_dir: Path
+) -> Path:
+    """8 uninterrupted steps on 2 ranks, fp32, checkpoints at 4 and 8, sample log on."""
+    from pipeline_helpers import base_args, check_ok, launch
+
+    run = tmp_path_factory.mktemp("ckpt") / "reference"
+    args = base_args(
+        tiny_teacher,
+        small_data_dir,
+        run,
+        **{"--max-steps": 8, "--save-every": 4, "--train.sample_log": "true"},
+    )
+    check_ok(launch(args, nproc=2))
+    return run

@@ -1,328 +1,71 @@
-"""Checkpoints: bitwise resume, preemption by signal, new world size, damaged checkpoints,
-contradicting configs, retention and export to a Hugging Face folder."""
+"""The checkpoint format without an engine: what counts as complete, which one a resume takes,
+contradicting identities, retention. (Saving and resuming for real: test_integration_resume.py.)"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
-from pipeline_helpers import (
-    REPO,
-    base_args,
-    check_ok,
-    launch,
-    losses,
-    sample_log,
-    train_env,
-)
 
-BF16 = str(REPO / "ds_configs" / "zero2_bf16.json")
+from data_prep.errors import UserError
+from pipeline import checkpoint as ckpt
+from pipeline.checkpoint_manager import CheckpointManager
+from pipeline.config import TrainConfig
+from pipeline.dist import ControlGroup
 
 
-def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(
-        str(run / "checkpoints"), tag=f"global_step{step}"
-    )
-
-
-def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(scope="module")
-def reference_run(
-    tmp_path_factory: pytest.TempPathFactory, tiny_teacher: Path, small_data_dir: Path
-) -> Path:
-    """8 uninterrupted steps on 2 ranks, fp32, checkpoints at 4 and 8, sample log on."""
-    run = tmp_path_factory.mktemp("ckpt") / "reference"
-    check_ok(
-        launch(
-            base_args(
-                tiny_teacher,
-                small_data_dir,
-                run,
-                **{"--max-steps": 8, "--save-every": 4, "--train.sample_log": "true"},
-            ),
-            nproc=2,
-        )
-    )
-    return run
+def _fake(run: Path, step: int, commit: bool = True, **identity: Any) -> Path:
+    path = ckpt.checkpoint_root(run) / ckpt.tag_for(step)
+    path.mkdir(parents=True)
+    (path / "model.pt").write_bytes(b"x" * 10)
+    if commit:
+        body = {"step": step, "consumed_samples": step * 8, "world_size": 2,
+                "identity": identity, "files": {"model.pt": 10}}  # fmt: skip
+        (path / ckpt.COMMIT).write_text(json.dumps(body))
+    return path
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_resume_is_bitwise_identical(
-    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path, precision: str
-) -> None:
-    extra = {"--max-steps": 8, "--save-every": 4, "--train.sample_log": "true"}
-    if precision == "bf16":
-        extra["--ds-config"] = BF16
-        reference = tmp_path / "reference"
-        check_ok(launch(base_args(tiny_teacher, small_data_dir, reference, **extra), nproc=2))
-    else:
-        reference = reference_run
-    run = tmp_path / "resumed"
-    check_ok(
-        launch(
-            base_args(
-                tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 3}
-            ),
-            nproc=2,
-        )
-    )
-    assert [s for s, _ in losses(run)] == [1, 2, 3]
-    second = launch(base_args(tiny_teacher, small_data_dir, run, **extra), nproc=2)
-    check_ok(second)
-    assert "resumed from" in second.stdout and "global_step3" in second.stdout
-    assert losses(run) == losses(reference)  # every step, to the last bit
-    assert sample_log(run) == sample_log(reference)
-    assert _same_weights(_weights(run, 8), _weights(reference, 8))
+def test_resume_takes_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert ckpt.find_resume(run, "auto") is None
+    _fake(run, 4)
+    _fake(run, 8)
+    _fake(run, 12, commit=False)  # a save that never finished
+    truncated = _fake(run, 10)
+    (truncated / "model.pt").write_bytes(b"x")
+    with pytest.warns(UserWarning):
+        found = ckpt.find_resume(run, "auto")
+    assert found is not None and found.step == 8 and found.world_size == 2
+    assert ckpt.find_resume(run, "none") is None
+    assert ckpt.find_resume(run, str(run / "checkpoints" / "global_step4")).step == 4  # type: ignore[union-attr]
+    with pytest.raises(UserError, match=r"not a complete checkpoint .*model.pt is 1 bytes"):
+        ckpt.find_resume(run, str(truncated))
 
 
-def test_resume_twice(
-    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
-) -> None:
-    run = tmp_path / "twice"
-    args = base_args(
-        tiny_teacher,
-        small_data_dir,
-        run,
-        **{"--max-steps": 8, "--save-every": 4, "--train.stop_after_steps": 3},
-    )
-    check_ok(launch(args, nproc=2))
-    check_ok(launch(args, nproc=2))  # steps 4..6
-    check_ok(
-        launch(
-            base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4}),
-            nproc=2,
-        )
-    )
-    assert losses(run) == losses(reference_run)
-    assert _same_weights(_weights(run, 8), _weights(reference_run, 8))
+def test_a_contradicting_identity_is_refused(tmp_path: Path) -> None:
+    found = ckpt.read_checkpoint(_fake(tmp_path, 4, layer_map=[0, 3], student={"n_layers": 2}))
+    ckpt.check_compatible(found, {"layer_map": [0, 3], "student": {"n_layers": 2}})
+    with pytest.raises(UserError) as exc:
+        ckpt.check_compatible(found, {"layer_map": [0, 2], "student": {"n_layers": 3}})
+    assert "layer_map ([0, 3] -> [0, 2]); student (n_layers) differ" in str(exc.value)
 
 
-def _start_two_ranks(args: list[str], port: int) -> list[subprocess.Popen[str]]:
-    """Two ranks started the way torchrun starts them (RANK/WORLD_SIZE/MASTER_*), so each
-    process's own exit code is visible."""
-    procs = []
-    for rank in (0, 1):
-        env = train_env(
-            {
-                "RANK": str(rank),
-                "WORLD_SIZE": "2",
-                "LOCAL_RANK": str(rank),
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-            }
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "pipeline.train", *args],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-        )
-    return procs
+def test_prune_keeps_the_newest_complete_and_drops_stale_partials(tmp_path: Path) -> None:
+    for step in (2, 4, 6):
+        _fake(tmp_path, step)
+    _fake(tmp_path, 3, commit=False)  # older than the newest complete one: stale
+    _fake(tmp_path, 7, commit=False)  # newer: another save may be writing it
+    ckpt._prune(ckpt.checkpoint_root(tmp_path), keep_last=2)
+    left = sorted(p.name for p in ckpt.checkpoint_root(tmp_path).iterdir())
+    assert left == ["global_step4", "global_step6", "global_step7"]
 
 
-def test_signal_checkpoints_and_exits_then_resume_matches(
-    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
-) -> None:
-    from pipeline_helpers import _free_port
-
-    steps = 40
-    reference = tmp_path / "reference"
-    check_ok(
-        launch(
-            base_args(
-                tiny_teacher, small_data_dir, reference, **{"--max-steps": steps, "--save-every": 0}
-            ),
-            nproc=2,
-        )
-    )
-    run = tmp_path / "preempted"
-    args = base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": steps, "--save-every": 0})
-    procs = _start_two_ranks(args, _free_port())
-    metrics = run / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (
-        metrics.is_file() and len(metrics.read_text().splitlines()) >= 3
-    ):
-        time.sleep(0.05)
-    # SIGTERM to rank 1's whole process group (its data-loader worker too), as Slurm and
-    # `kill -TERM -PGID` do; rank 0 is not signalled and learns it at the step boundary.
-    os.killpg(procs[1].pid, signal.SIGTERM)
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [42, 42], [o[1][-2000:] for o in outs]
-    assert "preempted (signal on another rank)" in outs[0][0]
-    stopped = losses(run)[-1][0]
-    assert 3 <= stopped < steps, stopped
-    assert (run / "checkpoints" / "latest").read_text() == f"global_step{stopped}"
-    check_ok(launch(args, nproc=2))
-    assert losses(run) == losses(reference)
-    assert _same_weights(_weights(run, steps), _weights(reference, steps))
-
-
-@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
-def test_resume_on_another_world_size(
-    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, before: int, after: int
-) -> None:
-    extra = {
-        "--max-steps": 8,
-        "--save-every": 4,
-        "--train.sample_log": "true",
-        "--model.dropout": 0.0,
-    }
-    reference = tmp_path / "reference"
-    check_ok(launch(base_args(tiny_teacher, small_data_dir, reference, **extra), nproc=before))
-    run = tmp_path / "moved"
-    check_ok(
-        launch(
-            base_args(
-                tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 4}
-            ),
-            nproc=before,
-        )
-    )
-    result = launch(base_args(tiny_teacher, small_data_dir, run, **extra), nproc=after)
-    check_ok(result)
-    assert "universal" in result.stdout
-    assert (run / "checkpoints" / "global_step4_universal").is_dir()
-    # The same global batches, sample for sample, and the same masks (sample log holds views).
-    assert sample_log(run) == sample_log(reference)
-    got, want = dict(losses(run)), dict(losses(reference))
-    assert got.keys() == want.keys() == set(range(1, 9))
-    for step in range(5, 9):  # another reduction order: close, not bitwise
-        assert got[step] == pytest.approx(want[step], rel=1e-4), step
-    w_got, w_want = _weights(run, 8), _weights(reference, 8)
-    assert all(torch.allclose(w_got[k], w_want[k], atol=1e-4) for k in w_want)
-
-
-def test_damaged_newest_checkpoint_falls_back_to_the_previous(
-    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
-) -> None:
-    run = tmp_path / "damaged"
-    shutil.copytree(reference_run, run)
-    shard = next((run / "checkpoints" / "global_step8").glob("*optim_states.pt"))
-    with open(shard, "r+b") as fh:
-        fh.truncate(shard.stat().st_size // 2)
-    result = launch(
-        base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4}),
-        nproc=2,
-    )
-    check_ok(result)
-    assert "skipping incomplete checkpoint" in result.stderr and "global_step8" in result.stderr
-    assert "resumed from" in result.stdout and "global_step4" in result.stdout
-    assert losses(run) == losses(reference_run)
-    # A deleted file is caught the same way, and a checkpoint without COMMIT.json is never used.
-    (run / "checkpoints" / "global_step8" / "COMMIT.json").unlink()
-    from pipeline.checkpoint import find_resume
-
-    with pytest.warns(UserWarning, match="no COMMIT.json"):
-        found = find_resume(run, "auto")
-    assert found is not None and found.step == 4
-
-
-def test_contradicting_config_is_refused(
-    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
-) -> None:
-    run = tmp_path / "contra"
-    shutil.copytree(reference_run, run)
-    result = launch(
-        base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 10, "--student-layers": 3}),
-        launcher="python",
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "contradicts the checkpoint" in result.stderr and "student" in result.stderr
-
-
-def test_keep_last_and_deepspeed_tools(
-    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
-) -> None:
-    run = tmp_path / "keep"
-    check_ok(
-        launch(
-            base_args(
-                tiny_teacher,
-                small_data_dir,
-                run,
-                **{"--max-steps": 5, "--save-every": 1, "--train.keep_last": 2},
-            ),
-            launcher="python",
-        )
-    )
-    kept = sorted(p.name for p in (run / "checkpoints").glob("global_step*"))
-    assert kept == ["global_step4", "global_step5"]
-    # DeepSpeed's own script reads the run folder through its `latest` file.
-    out = tmp_path / "fp32"
-    subprocess.run(
-        [
-            sys.executable,
-            str(run / "checkpoints" / "zero_to_fp32.py"),
-            str(run / "checkpoints"),
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        env=train_env(),
-    )
-    assert list(out.glob("*.safetensors")) or list(out.glob("*.bin"))
-
-
-def test_export_loads_in_transformers_and_fills_a_mask(tmp_path: Path, reference_run: Path) -> None:
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
-
-    out = tmp_path / "hf"
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.export", "--run", str(reference_run), "--out", str(out)],
-        cwd=REPO,
-        env=train_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
-    model = AutoModelForMaskedLM.from_pretrained(str(out))
-    tok = AutoTokenizer.from_pretrained(str(out))
-    assert model.config.model_type == "distilbert" and model.config.n_layers == 2
-    weights = _weights(reference_run, 8)
-    exported = model.state_dict()
-    for key, value in weights.items():
-        assert torch.equal(exported[key.removeprefix("student.model.")], value), key
-    fill = pipeline("fill-mask", model=model, tokenizer=tok)
-    preds = fill(f"she was {tok.mask_token} to see him.")
-    assert len(preds) == 5 and all(p["token_str"] for p in preds)
-    # --step picks an older checkpoint; a missing one is one line, no traceback
-    check = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.export",
-            "--run",
-            str(reference_run),
-            "--step",
-            "3",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        cwd=REPO,
-        env=train_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert (
-        check.returncode == 2 and "Traceback" not in check.stderr and "global_step3" in check.stderr
-    )
-    os.environ.pop("UNUSED", None)
+def test_a_checkpoint_is_due_every_save_every_steps_and_at_the_end(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, TrainConfig(save_every=5), {}, ControlGroup(), 0, print)
+    assert [s for s in range(1, 13) if manager.due(s, final=False)] == [5, 10]
+    assert manager.due(7, final=True)
+    never = CheckpointManager(tmp_path, TrainConfig(save_every=0), {}, ControlGroup(), 0, print)
+    assert not never.due(5, final=False) and never.due(5, final=True)
+    assert never.last_good() == "(none)"

@@ -2,19 +2,21 @@
 # The GPU check of one lent H100/H200 session, in one command (about 10 minutes):
 #   1. install the carried wheels (deepspeed and the dependencies the GPU image lacks);
 #   2. the GPU test tier (tests/test_gpu.py: fp16 and bf16 ZeRO-2 distillation on CUDA);
-#   3. ../shared/bench/gpu_anchor.py (the baselines) and python -m pipeline.bench, same card;
+#   3. gpu_anchor.py (the team's baselines, carried in .gpu/) and python -m pipeline.tools.bench,
+#      on the same card;
 #   4. a short table of tokens/s, the ratios to hf_ref the performance issue asks for, and memory.
 # Prepare on the dev machine (wheels for the GPU image's Python 3.12, and the anchor script):
 #   echo /.whl/ >> .git/info/exclude; echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu
-#   cp ../shared/bench/gpu_anchor.py .gpu/
+#   cp <the team's shared bench folder>/gpu_anchor.py .gpu/
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl deepspeed hjson pydantic pydantic-core annotated-types typing-inspection \
 #       'typing-extensions>=4.16' pytest pytest-timeout msgpack ninja py-cpuinfo
 #   (deepspeed ships an sdist only: build its wheel here with `pip wheel --no-deps deepspeed -w .whl`)
-# Then, with the device tool: run(command="bash pipeline/bench_gpu.sh", carry=[".whl", ".gpu"]).
+# Then, with the device tool: run(command="bash pipeline/tools/bench_gpu.sh", carry=[".whl", ".gpu"]).
+# Nothing here reads outside the repository: the anchor is .gpu/gpu_anchor.py or $ANCHOR.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/distil-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -28,10 +30,10 @@ echo "== GPU tests"
 timeout 240 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests.txt"
 echo "== anchor"
 ANCHOR=${ANCHOR:-.gpu/gpu_anchor.py}
-[ -f "$ANCHOR" ] || ANCHOR=../shared/bench/gpu_anchor.py
+[ -f "$ANCHOR" ] || { echo "no $ANCHOR: copy gpu_anchor.py into .gpu/ (see the header)" >&2; exit 2; }
 timeout 240 python3 "$ANCHOR" --only peak,hf_ref,lean,lean_cached 2>&1 | grep '^{' | tee "$OUT/anchor.jsonl"
-echo "== pipeline.bench"
-timeout 300 python3 -m pipeline.bench --cases distil,distil_compiled,distil_cached,plain,loader \
+echo "== pipeline.tools.bench"
+timeout 300 python3 -m pipeline.tools.bench --cases distil,distil_compiled,distil_cached,plain,loader \
   --json "$OUT/bench.json" 2>&1 | grep '^{' | tee "$OUT/bench.jsonl"
 echo "== table"
 python3 - "$OUT" <<'PY'

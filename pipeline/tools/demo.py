@@ -1,6 +1,6 @@
-"""``make demo``: the whole mission on the bundled corpus, on 2 CPU cores, in about ten minutes.
+"""``make demo``: the whole mission on the bundled corpus, on 2 CPU cores, in about eight minutes.
 
-    python -m pipeline.demo [--workdir demo_run] [--quick]
+    python -m pipeline.tools.demo [--workdir demo_run] [--quick]
 
 Stages (each prints its progress; a rerun skips finished stages and resumes unfinished ones):
 
@@ -35,7 +35,7 @@ from typing import Any
 from data_prep.atomic import write_json
 from data_prep.errors import UserError, cli_main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "data_prep" / "corpus"
 MODELS = ("teacher", "student", "control", "ablation")
 SENTENCES = [
@@ -132,7 +132,7 @@ class Demo:
 
     def cache(self) -> None:
         self.run(
-            sys.executable, "-m", "data_prep.cache_teacher", "--data", self.w / "data",
+            sys.executable, "-m", "pipeline.cache_teacher", "--data", self.w / "data",
             "--teacher", self.w / "teacher", "--out", self.w / "cache", "--mode", "sample",
             "--samples", "64", "--views", "1", "--smoothing", "0",
         )  # fmt: skip
@@ -202,7 +202,7 @@ class Demo:
         (self.w / "fill_mask.md").write_text("\n".join(lines) + "\n")
 
     def report(self) -> None:
-        from pipeline.demo_report import write_report
+        from pipeline.tools.demo_report import write_report
 
         write_report(self.w, self.times)
 
@@ -228,7 +228,9 @@ class Demo:
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.tools.demo", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--workdir", default="demo_run", help="working folder (git-ignored)")
     p.add_argument(
         "--quick", action="store_true", help="a tenth of the steps: checks that every stage runs"

@@ -1,8 +1,13 @@
-"""Rank 0's view of a run: a progress line, TensorBoard scalars and RUN_DIR/metrics.jsonl.
+"""What a run records: loss sums between logs, rank 0's log, and the per-rank sample audit.
 
-``metrics.jsonl`` holds one JSON object per logged step (step, loss, each term, lr,
-consumed_samples, tokens_per_s, ...), and ``{"eval": ...}`` objects for validation passes. On
-resume, records past the checkpoint's step are dropped first, so the file reads as one run.
+* :class:`LogWindow` sums the loss terms of each rank's micro-batches on the device (no sync per
+  step) and reduces them over the ranks when a log is due.
+* :class:`RunLogger` (rank 0): a progress line, TensorBoard scalars and ``RUN_DIR/metrics.jsonl``:
+  one JSON object per logged step (step, loss, each term, lr, consumed_samples, tokens_per_s, ...),
+  and ``{"eval": ...}`` objects for validation passes.
+* :class:`SampleLog` (every rank, ``train.sample_log``): the sample indices and mask views of each
+  micro-batch in ``RUN_DIR/samples/rankR.jsonl``.
+On resume, records past the checkpoint's step are dropped first, so each file reads as one run.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import torch
+import torch.distributed as dist
 
 from data_prep.atomic import atomic_open
 
@@ -107,3 +115,74 @@ class RunLogger:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+
+
+class LogWindow:
+    """This rank's loss terms since the last log, summed on the device.
+
+    fp16 overflows are skipped steps, not data: a non-finite loss is counted, and its terms are
+    kept out of the averages.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.micro_batches = 0
+        self.tokens = 0
+        self.nonfinite = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], tokens: int) -> None:
+        self.micro_batches += 1
+        self.tokens += tokens
+        finite = torch.isfinite(loss)
+        self.nonfinite += (~finite).double()
+        zero = torch.zeros((), device=self.device, dtype=torch.float64)
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, zero) + torch.where(finite, v.double(), zero)
+
+    def reduce(self) -> dict[str, Any]:
+        """Averages over every rank's micro-batches since the last log (a collective on the
+        default group: the sums live on the device), then a new window."""
+        keys = sorted(self.sums)
+        counts = [float(self.micro_batches), float(self.tokens)]
+        extra = torch.tensor(counts, device=self.device, dtype=torch.float64)
+        vec = torch.cat([torch.stack([*(self.sums[k] for k in keys), self.nonfinite]), extra])
+        if dist.is_initialized():
+            dist.all_reduce(vec)
+        vec = vec.cpu()
+        skipped, micro_batches, tokens = (vec[i].item() for i in (-3, -2, -1))
+        counted = micro_batches - skipped
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        record: dict[str, Any] = {
+            k: vec[i].item() / counted if counted else float("nan") for i, k in enumerate(keys)
+        }
+        record["nonfinite_losses"] = int(skipped)
+        record["tokens_per_s"] = tokens / elapsed
+        self.reset()
+        return record
+
+
+class SampleLog:
+    """Appends the samples and mask views of each micro-batch of this rank (a data audit)."""
+
+    def __init__(self, run_dir: Path, rank: int, step: int) -> None:
+        path = run_dir / "samples" / f"rank{rank:05d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        truncate_after(path, step)
+        self._fh: IO[str] = open(path, "a", buffering=1)  # noqa: SIM115 - closed in close()
+
+    def write(self, step: int, micro: int, batch: dict[str, torch.Tensor]) -> None:
+        record = {
+            "step": step,
+            "micro": micro,
+            "samples": batch["sample_index"].tolist(),
+            "views": batch["view"].tolist(),
+        }
+        self._fh.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()

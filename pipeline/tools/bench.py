@@ -1,13 +1,13 @@
 """Throughput of the real training step: the DeepSpeed engine, our losses, our data path.
 
-    python -m pipeline.bench [--shapes 128x256,512x64] [--cases distil,distil_cached,plain,...]
+    python -m pipeline.tools.bench [--shapes 128x256,512x64] [--cases distil,distil_cached,plain,...]
         [--steps 10] [--warmup 3] [--size base|tiny] [--data-prep] [--json OUT]
 
 Each case builds the step exactly as ``pipeline.train`` does (``prepare`` + ``Trainer``), on
 synthetic shards (random ids of the bert-base-uncased vocabulary) and a randomly initialised
 teacher, runs ``--warmup`` steps, times ``--steps`` steps, and prints one JSON line:
 ``name, seq, batch, tokens_per_s, ms_per_step, peak_mem_gib, mfu`` (useful FLOPs, counted as
-``../shared/bench/gpu_anchor.py`` counts them: teacher forward + 3x student forward with LM heads
+the team's GPU anchor script (``gpu_anchor.py``) counts them: teacher forward + 3x student forward with LM heads
 at the 15% masked rows, over the measured dense bf16 matmul peak) and the settings.
 
 Cases:
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import gc
 import json
 import os
@@ -42,7 +41,7 @@ import torch
 from data_prep.atomic import write_json
 from data_prep.errors import cli_main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BERT_VOCAB = REPO / "tests" / "assets" / "bert-base-uncased"
 SIZES = {
     "base": {"hidden": 768, "layers": 12, "heads": 12, "ffn": 3072},
@@ -95,7 +94,7 @@ def make_data(out: Path, seq: int, num: int) -> Path:
     """Synthetic shards: ``num`` full sequences of random ids, framed [CLS] ... [SEP]."""
     from data_prep.indexed import IndexedWriter
     from data_prep.manifest import FORMAT, FORMAT_VERSION
-    from data_prep.tokenizers import TextTokenizer
+    from data_prep.tokenizer import TextTokenizer
 
     tok = TextTokenizer(BERT_VOCAB)
     sid = tok.special_ids
@@ -127,7 +126,8 @@ def make_data(out: Path, seq: int, num: int) -> Path:
 
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
-        from pipeline.dist import detect, device_for, init_process_group
+        from pipeline.dist import device_for, init_process_group
+        from pipeline.launch import detect
 
         self.args = args
         self.work = work
@@ -138,7 +138,7 @@ class Bench:
         self.teacher = make_teacher(work / "teacher", args.size)
         self.gpu = self.device.type == "cuda"
 
-    def config(self, case: str, seq: int, batch: int, data: Path, out: Path) -> Any:
+    def config(self, case: str, seq: int, batch: int, data: Path, out: Path) -> tuple[Any, Any]:
         from pipeline.config import Config, validate
 
         cfg = Config()
@@ -165,54 +165,43 @@ class Bench:
             cfg.data.teacher_cache = str(self.work / f"cache_{seq}_{batch}")
         if case == "mlm":
             cfg.loss.alpha_ce = cfg.loss.alpha_cos = 0.0
-        validate(cfg)
-        return cfg
+        return cfg, validate(cfg)
 
     def build_cache(self, cfg: Any) -> None:
         if Path(cfg.data.teacher_cache, "manifest.json").is_file():
             return
-        from data_prep import cache_teacher
+        from pipeline.cache_teacher.__main__ import main as cache_teacher
 
-        cache_teacher.main([
+        cache_teacher([
             "--data", cfg.data.data, "--teacher", cfg.model.teacher, "--out", cfg.data.teacher_cache,
             "--top-k", "32", "--views", "1", "--seed", str(cfg.train.seed),
         ])  # fmt: skip
 
     def run_case(self, case: str, seq: int, batch: int) -> dict[str, Any]:
-        from pipeline.data import loader
-        from pipeline.trainer import Trainer, prepare
+        from pipeline.plan import prepare
+        from pipeline.trainer import Trainer
 
         steps, warmup = self.args.steps, self.args.warmup
         data = self.work / f"data_{seq}_{batch}"
         if not (data / "manifest.json").is_file():
             make_data(data, seq, batch * (steps + warmup) + batch)
-        cfg = self.config(case, seq, batch, data, self.work / f"run_{case}_{seq}")
+        cfg, paths = self.config(case, seq, batch, data, self.work / f"run_{case}_{seq}")
         if case == "distil_cached":
             self.build_cache(cfg)
-        plan = prepare(cfg, self.env, self.device)
-        plain = None
-        if case == "plain":  # a clean copy, before the engine hooks the student's parameters
-            from pipeline.losses import StudentWithLoss
-
-            plain = StudentWithLoss(copy.deepcopy(plan.student), cfg.loss, plan.layer_map, True)
-        trainer = Trainer(cfg, self.env, self.device, plan)
+        plan = prepare(cfg, paths, self.env, self.device)
+        engine = self.plain_engine(plan, cfg) if case == "plain" else None
+        trainer = Trainer(cfg, self.env, self.device, plan, engine=engine)
         if case == "loader":
             return self.time_loader(trainer, seq, batch)
-        from pipeline.data import MicroBatches
-
-        views = plan.teacher_cache.num_views if plan.teacher_cache is not None else 0
-        mb = MicroBatches(trainer.train_ds, trainer.layout, trainer.masker, cfg.train.seed, 0,
-                          steps + warmup, trainer.pad_id, views, cache=plan.teacher_cache)  # fmt: skip
-        batches = iter(loader(mb, cfg.data.num_workers, self.gpu))
-        step_fn = self.plain_step(trainer, plain) if plain is not None else trainer._micro_step
+        batches = trainer.train_batches()
         if self.gpu:
             torch.cuda.reset_peak_memory_stats()
         for _ in range(warmup):
-            step_fn(next(batches))
+            trainer.train_step(batches)
         _sync(self.device)
         start = time.perf_counter()
         for _ in range(steps):
-            step_fn(next(batches))
+            trainer.train_step(batches)
         _sync(self.device)
         elapsed = (time.perf_counter() - start) / steps
         record = self.record(case, seq, batch, elapsed, plan, cfg)
@@ -220,10 +209,11 @@ class Bench:
         self.cleanup()
         return record
 
-    def plain_step(self, trainer: Any, module: torch.nn.Module) -> Any:
+    def plain_engine(self, plan: Any, cfg: Any) -> Any:
         """The same step without DeepSpeed: fp32 weights, bf16 autocast (GPU), fused AdamW."""
-        trainer.engine = None
-        self.cleanup()
+        from pipeline.objective import StudentWithLoss
+
+        module = StudentWithLoss(plan.student, cfg.loss, plan.layer_map, True)
         module = module.to(self.device).train()
         opt = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=True if self.gpu else None)
         device, gpu = self.device, self.gpu
@@ -241,15 +231,11 @@ class Bench:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-        trainer.engine = PlainEngine()
-        return trainer._micro_step
+        return PlainEngine()
 
     def time_loader(self, trainer: Any, seq: int, batch: int) -> dict[str, Any]:
-        from pipeline.data import MicroBatches, loader
-
-        n = self.args.steps * 4
-        mb = MicroBatches(trainer.train_ds, trainer.layout, trainer.masker, 1, 0, n, trainer.pad_id)
-        it = iter(loader(mb, 2, self.gpu))
+        it = trainer.train_batches(num_workers=2)
+        n = self.args.steps + self.args.warmup
         next(it)
         start = time.perf_counter()
         tokens = sum(int(next(it)["attention_mask"].sum()) for _ in range(n - 1))
@@ -296,7 +282,9 @@ def data_prep_rows(mb: float) -> list[dict[str, Any]]:
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.tools.bench", description=__doc__.split("\n")[0]
+    )
     p.add_argument(
         "--shapes",
         default=None,

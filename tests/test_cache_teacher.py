@@ -1,4 +1,4 @@
-"""The teacher logits cache (data_prep.cache_teacher + pipeline.teacher_cache).
+"""The teacher logits cache (pipeline.cache_teacher: format, job, writer, reader, CLI).
 
 Format and size estimate; cache vs online loss on the same batch (exact with K = vocabulary,
 bounded with top-k, an unbiased cross-entropy with sampling); restart of an interrupted job and a
@@ -34,12 +34,18 @@ from pipeline_helpers import (
     train_env,
 )
 
-from data_prep import cache_teacher
 from data_prep.manifest import load_manifest
-from pipeline import teacher_cache as tc
-from pipeline.config import Config
-from pipeline.data import BatchLayout, MicroBatches, ShardedDataset, make_masker, masking_spec
-from pipeline.losses import kd_loss, scored_rows, sparse_kd_loss, take_rows
+from pipeline.batch import scored_rows, take_rows
+from pipeline.cache_teacher import format as tc
+from pipeline.cache_teacher import job as cache_job
+from pipeline.cache_teacher import writer as cache_writer
+from pipeline.cache_teacher.__main__ import main as cache_teacher_main
+from pipeline.cache_teacher.reader import TeacherCache, open_cache
+from pipeline.config import Config, MaskingConfig, validate
+from pipeline.data import MicroBatches, ShardedDataset
+from pipeline.losses import kd_loss, sparse_kd_loss
+from pipeline.masking import make_masker
+from pipeline.sampling import BatchLayout
 
 VOCAB = 4000  # the wordpiece_tokenizer fixture's, and so the tiny teacher's
 
@@ -72,8 +78,8 @@ def teacher(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer: Path)
 
 
 def build(data: Path, teacher: Path, out: Path, *extra: Any) -> None:
-    """python -m data_prep.cache_teacher in this process."""
-    cache_teacher.main(
+    """python -m pipeline.cache_teacher in this process."""
+    cache_teacher_main(
         [
             "--data",
             str(data),
@@ -87,6 +93,10 @@ def build(data: Path, teacher: Path, out: Path, *extra: Any) -> None:
     )
 
 
+def open_run_cache(cfg: Config, manifest: dict[str, Any]) -> TeacherCache:
+    return open_cache(cfg, validate(cfg), manifest)
+
+
 def tree(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
@@ -96,6 +106,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 def run_config(data: Path, teacher: Path, cache: Path, **fields: Any) -> Config:
     cfg = Config()
     cfg.model.teacher, cfg.data.data, cfg.data.teacher_cache = str(teacher), str(data), str(cache)
+    cfg.train.output = str(cache / "unused-run")
     for dotted, value in fields.items():
         section, name = dotted.split("__")
         setattr(getattr(cfg, section), name, value)
@@ -118,26 +129,22 @@ def top8_cache(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, teache
 
 
 def online_batch(
-    data: Path, teacher: Path, cfg: Config, item: int, num_views: int
+    data: Path, teacher: Path, cfg: Config, item: int, cache: TeacherCache
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """A training micro-batch (as the trainer builds it), its scored rows and the teacher's logits there."""
+    """A training micro-batch (as the trainer builds it, masks by the cache's views), its scored
+    rows and the teacher's logits there."""
     from pipeline.models import load_teacher
 
     manifest = load_manifest(data)
-    m = cfg.masking
-    masker = make_masker(
-        manifest,
-        masking_spec(manifest, m.mlm_probability, m.mask_fraction, m.random_fraction, m.smoothing),
-    )
     batches = MicroBatches(
         ShardedDataset(data, "train", manifest),
         BatchLayout(8, 8, 1, 1, 0),
-        masker,
+        make_masker(manifest, cfg.masking),
         cfg.train.seed,
         0,
         100,
         0,
-        num_views,
+        cache=cache,
     )
     batch = batches[item]
     rows = scored_rows(batch["labels"], batch["attention_mask"], "masked")
@@ -166,7 +173,7 @@ def test_format_size_estimate_and_stored_values(
     assert manifest["totals"]["bytes"] == on_disk
     assert manifest["totals"]["bytes_per_masked_position"] == 8 * (2 + 2)
     # The estimate made before the work is the exact size; it is printed.
-    args = cache_teacher.build_parser().parse_args(
+    args = cache_job.build_parser().parse_args(
         [
             "--data",
             str(tiny_data),
@@ -180,11 +187,10 @@ def test_format_size_estimate_and_stored_values(
             "2",
         ]
     )
-    job = cache_teacher.resolve(args, torch.device("cpu"))
+    job = cache_job.resolve(args, torch.device("cpu"))
     everything = list(range(len(job.shards)))
     assert (
-        cache_teacher.planned_bytes(job, everything, cache_teacher.planned_rows(job, everything))
-        == on_disk
+        cache_job.planned_bytes(job, everything, cache_job.planned_rows(job, everything)) == on_disk
     )
     out = top8_cache.parent / "top8_again"
     build(tiny_data, teacher, out, "--top-k", 8, "--views", 2)
@@ -193,9 +199,9 @@ def test_format_size_estimate_and_stored_values(
     assert "32 B per masked position" in printed
     # Rows: the trainer's masked positions, in order; values: the teacher's top-8 log-probs at T.
     cfg = run_config(tiny_data, teacher, top8_cache)
-    cache = tc.open_cache(cfg, load_manifest(tiny_data))
-    batch, rows, logits = online_batch(tiny_data, teacher, cfg, 3, 2)
-    ids, logp = cache.lookup(batch, rows, torch.device("cpu"))
+    cache = open_run_cache(cfg, load_manifest(tiny_data))
+    batch, rows, logits = online_batch(tiny_data, teacher, cfg, 3, cache)
+    ids, logp = cache.batch_targets(batch)
     top = torch.log_softmax(logits.float() / cfg.loss.temperature, -1).topk(8)
     assert ids.shape == (len(rows), 8) and ids.dtype == torch.int64 and logp.dtype == torch.float32
     assert torch.equal(
@@ -221,28 +227,29 @@ def test_cache_loss_equals_online_loss_on_the_same_batch(
         for c in (full_cache, top8_cache)
     }
     assert covered[full_cache] == pytest.approx(1.0, abs=1e-4) and 0 < covered[top8_cache] < 0.5
+    full = open_run_cache(cfg, manifest)
     for item in (0, 9):  # item 9: view 1 (the second epoch)
-        batch, rows, logits = online_batch(tiny_data, teacher, cfg, item, 2)
+        batch, rows, logits = online_batch(tiny_data, teacher, cfg, item, full)
         student = torch.randn(len(rows), VOCAB, generator=torch.Generator().manual_seed(item)) * 3
         online = kd_loss(student, logits, T).item()
         # K = V: exactly the online loss.
-        ids, logp = tc.open_cache(cfg, manifest).lookup(batch, rows, torch.device("cpu"))
+        ids, logp = open_run_cache(cfg, manifest).batch_targets(batch)
         assert sparse_kd_loss(student, ids, logp, T).item() == pytest.approx(online, rel=1e-5)
         # top-8 in fp16: the coarsened KL, never above the full one.
         cfg8 = run_config(tiny_data, teacher, top8_cache)
-        ids8, logp8 = tc.open_cache(cfg8, manifest).lookup(batch, rows, torch.device("cpu"))
+        ids8, logp8 = open_run_cache(cfg8, manifest).batch_targets(batch)
         sparse8 = sparse_kd_loss(student, ids8, logp8, T).item()
         assert 0 <= sparse8 <= online + 1e-5
     # Sampled (RS-KD): counts sum to N, unused slots weigh 0, and the cross-entropy it implies is
     # an unbiased estimate of the teacher's: sum_j c_j/N * log q_j ~ sum_v p_v log q_v.
     sampled = tmp_path / "sampled"
     build(tiny_data, teacher, sampled, "--mode", "sample", "--samples", 64, "--views", 2)
-    cache = tc.open_cache(run_config(tiny_data, teacher, sampled), manifest)
+    cache = open_run_cache(run_config(tiny_data, teacher, sampled), manifest)
     assert cache.manifest["settings"]["value_dtype"] == "uint8"
     est, true, n = 0.0, 0.0, 0
     for item in range(6):
-        batch, rows, logits = online_batch(tiny_data, teacher, cfg, item, 2)
-        ids, logp = cache.lookup(batch, rows, torch.device("cpu"))
+        batch, rows, logits = online_batch(tiny_data, teacher, cfg, item, full)
+        ids, logp = cache.batch_targets(batch)
         p = logp.exp()
         assert torch.allclose(p.sum(-1), torch.ones(len(rows)), atol=1e-6)
         assert bool((p == 0).any()), "some rows should have fewer than 64 distinct tokens"
@@ -287,7 +294,7 @@ def test_interrupted_job_resumes_to_the_same_bytes(
     reference = tree(top8_cache)
     out = tmp_path / "cache"
     calls = {"n": 0}
-    real_add = cache_teacher._ViewWriter.add
+    real_add = cache_writer._ViewWriter.add
 
     def add_then_die(self: Any, *args: Any) -> int:  # Ctrl-C in the middle of the second shard
         calls["n"] += 1
@@ -295,11 +302,11 @@ def test_interrupted_job_resumes_to_the_same_bytes(
             raise KeyboardInterrupt
         return real_add(self, *args)
 
-    monkeypatch.setattr(cache_teacher._ViewWriter, "add", add_then_die)
+    monkeypatch.setattr(cache_writer._ViewWriter, "add", add_then_die)
     with pytest.raises(SystemExit) as stop:
         build(tiny_data, teacher, out, "--top-k", 8, "--views", 2, "--batch-size", 7)
     assert stop.value.code == 130
-    monkeypatch.setattr(cache_teacher._ViewWriter, "add", real_add)
+    monkeypatch.setattr(cache_writer._ViewWriter, "add", real_add)
     first = out / "train" / "00000-000.done.json"
     assert first.is_file() and not (out / "train" / "00001-000.done.json").exists()
     assert not (out / "manifest.json").exists()
@@ -325,7 +332,7 @@ def test_interrupted_job_resumes_to_the_same_bytes(
 def test_two_ranks_write_the_bytes_of_one(tiny_data: Path, teacher: Path, tmp_path: Path) -> None:
     args = [
         "-m",
-        "data_prep.cache_teacher",
+        "pipeline.cache_teacher",
         "--data",
         str(tiny_data),
         "--teacher",
@@ -363,7 +370,7 @@ def test_mismatched_cache_is_refused(
     from data_prep.errors import UserError
 
     manifest = load_manifest(tiny_data)
-    tc.open_cache(run_config(tiny_data, teacher, top8_cache), manifest)  # the matching run
+    open_run_cache(run_config(tiny_data, teacher, top8_cache), manifest)  # the matching run
     other_teacher = make_bert_teacher(
         tmp_path / "other_teacher", Path(manifest["tokenizer"]["path"]), seed=1
     )
@@ -383,12 +390,12 @@ def test_mismatched_cache_is_refused(
     }
     for needle, cfg in cases.items():
         with pytest.raises(UserError) as err:
-            tc.open_cache(cfg, manifest)
+            open_run_cache(cfg, manifest)
         message = str(err.value)
         assert needle in message and "\n" not in message, message
         if needle != "ce_positions is 'all'":
             assert (
-                "python -m data_prep.cache_teacher" in message and "--top-k 8 --views 2" in message
+                "python -m pipeline.cache_teacher" in message and "--top-k 8 --views 2" in message
             )
     # Another data set (here: the same shards under another manifest) and an unfinished cache.
     data2 = tmp_path / "data2"
@@ -397,12 +404,12 @@ def test_mismatched_cache_is_refused(
     m2["settings"]["seed"] += 1
     (data2 / "manifest.json").write_text(json.dumps(m2))
     with pytest.raises(UserError, match=r"data \(DATA_DIR/manifest.json\)"):
-        tc.open_cache(run_config(data2, teacher, top8_cache), load_manifest(data2))
+        open_run_cache(run_config(data2, teacher, top8_cache), load_manifest(data2))
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / tc.PLAN_NAME).write_text("{}")
     with pytest.raises(UserError, match="has not finished"):
-        tc.open_cache(run_config(tiny_data, teacher, unfinished), manifest)
+        open_run_cache(run_config(tiny_data, teacher, unfinished), manifest)
     # Through pipeline.train: exit 2, one line, no traceback.
     result = launch(
         base_args(
@@ -446,12 +453,14 @@ def test_too_small_disk_is_refused_before_any_work(
 
 
 # --- views and epochs --------------------------------------------------------------------------
-def test_epochs_beyond_the_views_reuse_them(tiny_data: Path) -> None:
+def test_epochs_beyond_the_views_reuse_them(tiny_data: Path, top8_cache: Path) -> None:
+    """Epoch e masks with view e mod V, and the cached targets of every epoch match its masks."""
     manifest = load_manifest(tiny_data)
     ds = ShardedDataset(tiny_data, "train", manifest)
-    masker = make_masker(manifest, masking_spec(manifest, 0.15, 0.8, 0.1, 0.7))
+    masker = make_masker(manifest, MaskingConfig())
+    cache = TeacherCache(top8_cache, tc.load_cache_manifest(top8_cache))
     n = len(ds)
-    batches = MicroBatches(ds, BatchLayout(n, n, 1, 1, 0), masker, 56, 0, 5, 0, num_views=2)
+    batches = MicroBatches(ds, BatchLayout(n, n, 1, 1, 0), masker, 56, 0, 5, 0, cache=cache)
     by_epoch = [batches[e] for e in range(5)]  # one global batch = one epoch here
     assert [b["view"].unique().tolist() for b in by_epoch] == [[0], [1], [0], [1], [0]]
 
@@ -553,7 +562,7 @@ def test_a_failing_rank_stops_the_others(tiny_data: Path, teacher: Path, tmp_pat
     binary.write_bytes(binary.read_bytes()[:-10])
     args = [
         "-m",
-        "data_prep.cache_teacher",
+        "pipeline.cache_teacher",
         "--data",
         str(data),
         "--teacher",
@@ -572,7 +581,7 @@ def test_a_failing_rank_stops_the_others(tiny_data: Path, teacher: Path, tmp_pat
         result.stderr[-3000:]
     )
     errors = [
-        line for line in result.stderr.splitlines() if "data_prep.cache_teacher: error:" in line
+        line for line in result.stderr.splitlines() if "pipeline.cache_teacher: error:" in line
     ]
     assert len(errors) == 2, result.stderr[
         -3000:

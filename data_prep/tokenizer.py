@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,9 +237,15 @@ def check_model_tokenizer(
 ) -> bool:
     """Refuse a model folder whose tokenizer is not the one the shards were made with.
 
-    Returns False (nothing to compare) when the folder has no tokenizer files.
+    A folder without tokenizer files cannot be checked: a warning says so and it returns False.
     """
     if not has_tokenizer_files(model_dir):
+        print(
+            f"warning: {model_dir} has no tokenizer files; cannot check it against the data's "
+            "tokenizer",
+            file=sys.stderr,
+            flush=True,
+        )
         return False
     mine = TextTokenizer(model_dir).info.fingerprint
     theirs = manifest["tokenizer"]["fingerprint"]

@@ -1,12 +1,12 @@
 """Benchmark of the teacher cache: training steps/s with and without it, and its size per K.
 
-    python -m pipeline.bench_cache [--steps 30] [--repeats 2] [--ks 8 32 128] [--workdir DIR]
+    python -m pipeline.tools.bench_cache [--steps 30] [--repeats 2] [--ks 8 32 128] [--workdir DIR]
 
 Builds, in a temporary folder (or ``--workdir``), shards of two bundled Austen novels with the
 bert-base-uncased vocabulary (30,522 ids, ``--seq-len``), a randomly initialised BERT teacher
 (``--teacher-layers`` x ``--hidden``), and then measures on this machine:
 
-- ``cache``: ``python -m data_prep.cache_teacher --top-k K`` (one view) for every ``--ks``, and
+- ``cache``: ``python -m pipeline.cache_teacher --top-k K`` (one view) for every ``--ks``, and
   ``--mode sample --samples 32``: the size (bytes per masked position, per corpus token, total) and
   the build time;
 - ``train``: the same short ``pipeline.train`` run (1 rank, fp32, logit + MLM losses, no hidden-state
@@ -36,7 +36,7 @@ from typing import Any
 
 from data_prep.errors import UserError, cli_main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AUSTEN = REPO / "data_prep" / "corpus" / "austen"
 TOKENIZER = REPO / "tests" / "assets" / "bert-base-uncased"
 
@@ -101,7 +101,7 @@ def make_inputs(work: Path, seq_len: int, layers: int, hidden: int) -> tuple[Pat
 def cache_figures(data: Path, teacher: Path, out: Path, *mode: str) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)  # a finished cache would be skipped, not timed
     seconds = _run(
-        "data_prep.cache_teacher",
+        "pipeline.cache_teacher",
         "--data",
         data,
         "--teacher",
@@ -168,7 +168,7 @@ def train(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.bench_cache", description=__doc__.split("\n")[0]
+        prog="python -m pipeline.tools.bench_cache", description=__doc__.split("\n")[0]
     )
     p.add_argument("--steps", type=int, default=30, help="training steps per run")
     p.add_argument("--batch", type=int, default=16, help="global batch (sequences)")

@@ -1,9 +1,8 @@
-"""pipeline.train end to end on CPU: 2-rank ZeRO-2 runs, launchers, MLM-only mode, bad input."""
+"""pipeline.train end to end on CPU: 2-rank ZeRO-2 runs, MLM-only mode, bad input as a user sees it."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from pipeline_helpers import (
     eval_records,
     launch,
     losses,
-    make_bert_teacher,
     step_records,
 )
 
@@ -107,59 +105,13 @@ def _fails(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
 def test_bad_input_fails_in_one_line(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
 ) -> None:
+    """As a user sees it: exit 2, one line naming the problem, no traceback, nothing written.
+    (Every other refusal is tested in process: tests/test_config.py, test_plan.py, test_ds_config.py.)"""
     out = tmp_path / "run"
     _fails(
         launch(base_args(tiny_teacher, tmp_path / "nope", out), launcher="python"),
         "nope",
         "build_shards",
-    )
-    other = make_bert_teacher(
-        tmp_path / "bert_vocab_teacher", REPO / "tests" / "assets" / "bert-base-uncased"
-    )
-    _fails(
-        launch(base_args(other, small_data_dir, out), launcher="python"),
-        "bert_vocab_teacher",
-        "differs",
-        "--tokenizer",
-    )
-    ds = tmp_path / "ds.json"
-    ds.write_text(json.dumps({"train_batch_size": 64, "zero_optimization": {"stage": 2}}))
-    _fails(
-        launch(
-            base_args(tiny_teacher, small_data_dir, out, **{"--ds-config": ds}), launcher="python"
-        ),
-        "ds.json",
-        "train_batch_size",
-        "64",
-    )
-    ds.write_text(json.dumps({"optimizer": {"type": "Adam"}, "zero_optimization": {"stage": 2}}))
-    _fails(
-        launch(
-            base_args(tiny_teacher, small_data_dir, out, **{"--ds-config": ds}), launcher="python"
-        ),
-        "optimizer",
-    )
-    _fails(
-        launch(
-            base_args(
-                tiny_teacher,
-                small_data_dir,
-                out,
-                **{"--global-batch-size": 6, "--micro-batch-size": 4},
-            ),
-            launcher="python",
-        ),
-        "micro",
-        "--micro-batch-size",
-    )
-    fp16 = REPO / "ds_configs" / "zero2_fp16.json"
-    _fails(
-        launch(
-            base_args(tiny_teacher, small_data_dir, out, **{"--ds-config": fp16}), launcher="python"
-        ),
-        "fp16",
-        "CPU",
-        "zero2_bf16.json",
     )
     _fails(
         launch(
@@ -168,7 +120,7 @@ def test_bad_input_fails_in_one_line(
         ),
         "loss.alpha_ce",
     )
-    assert not (out / "checkpoints").exists()
+    assert not out.exists()
 
 
 def test_bad_input_fails_on_every_rank_without_hanging(tmp_path: Path, tiny_teacher: Path) -> None:
@@ -177,48 +129,6 @@ def test_bad_input_fails_on_every_rank_without_hanging(tmp_path: Path, tiny_teac
     )
     assert result.returncode != 0
     assert result.stderr.count("pipeline.train: error:") == 2
-
-
-@pytest.mark.slow
-def test_launchers_give_identical_losses(
-    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
-) -> None:
-    """torchrun, the deepspeed launcher, mpirun and two torchrun "nodes" on loopback."""
-    import subprocess
-
-    from pipeline_helpers import _free_port, train_env
-
-    runs = {}
-    for name, kwargs in {
-        "torchrun": {"launcher": "torchrun"},
-        "deepspeed": {"launcher": "deepspeed"},
-        "mpirun": {"launcher": "mpirun"},
-    }.items():
-        runs[name] = tmp_path / name
-        check_ok(
-            launch(
-                base_args(tiny_teacher, small_data_dir, runs[name], **{"--max-steps": 4}),
-                nproc=2,
-                **kwargs,
-            )
-        )
-    runs["two_nodes"] = tmp_path / "two_nodes"
-    port = str(_free_port())
-    args = base_args(tiny_teacher, small_data_dir, runs["two_nodes"], **{"--max-steps": 4})
-    procs = [
-        subprocess.Popen(
-            [str(Path(os.sys.executable).parent / "torchrun"), "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "pipeline.train", *args],
-            cwd=REPO, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for rank in (0, 1)
-    ]  # fmt: skip
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
-    reference = losses(runs["torchrun"])
-    assert len(reference) == 4
-    for name, run in runs.items():
-        assert losses(run) == reference, name
 
 
 @pytest.mark.slow

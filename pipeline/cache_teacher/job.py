@@ -1,0 +1,252 @@
+"""A teacher-cache job: its settings resolved from the command line and checked against the data,
+the teacher and any job already started in CACHE_DIR, and the size it will write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_prep.errors import UserError
+from data_prep.indexed import IndexedReader
+from data_prep.manifest import load_manifest
+from data_prep.tokenizer import check_model_tokenizer
+from pipeline.cache_teacher import format as tc
+from pipeline.config import Config, MaskingConfig, check_masking
+from pipeline.config_cli import apply_overrides, load_recipe
+from pipeline.masking import MaskingSpec, masking_spec
+from pipeline.models import DTYPES, check_model_fits, teacher_dtype_name
+
+
+# --- settings ---------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """Everything resolved from the command line and the inputs, identical on every rank."""
+
+    data_dir: Path
+    teacher_dir: Path
+    out: Path
+    manifest: dict[str, Any]
+    masking: MaskingConfig
+    seed: int
+    temperature: float
+    settings: dict[str, Any]  # mode, k, samples, num_views, id/value dtype, teacher vocab/dtype
+    ident: dict[str, Any]
+    teacher_files: dict[str, str]
+    batch_size: int
+    attn: str
+    dtype: str
+
+    @property
+    def spec(self) -> MaskingSpec:
+        return masking_spec(self.manifest, self.masking)
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return list(self.manifest["splits"]["train"]["shards"])
+
+    def plan(self) -> dict[str, Any]:
+        """What a restart must agree with (plan.json), and the head of manifest.json."""
+        return {
+            "format": tc.FORMAT,
+            "format_version": tc.FORMAT_VERSION,
+            "identity": self.ident,
+            "settings": self.settings,
+            "sources": {
+                "data": str(self.data_dir.resolve()),
+                "teacher": str(self.teacher_dir.resolve()),
+                "teacher_files": self.teacher_files,
+            },
+        }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Config()
+    m, loss, train = defaults.masking, defaults.loss, defaults.train
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.cache_teacher",
+        description="Run the teacher once over the training data and cache its logits at the "
+        "masked positions.",
+    )
+    p.add_argument("--data", help="DATA_DIR written by data_prep.build_shards")
+    p.add_argument("--teacher", help="the teacher: a Hugging Face masked-LM folder")
+    p.add_argument("--out", required=True, help="CACHE_DIR")
+    p.add_argument(
+        "--mode", choices=tc.MODES, default="topk", help="topk (default) or sample (RS-KD)"
+    )
+    p.add_argument("--top-k", type=int, help="top-k mode: tokens kept per masked position")
+    p.add_argument(
+        "--samples", type=int, help="sample mode: draws per masked position (slots kept)"
+    )
+    p.add_argument("--views", type=int, default=1, help="mask views V; epoch e uses view e mod V")
+    p.add_argument(
+        "--values", choices=tuple(tc.VALUE_DTYPES), default="fp16", help="top-k log-prob storage"
+    )
+    p.add_argument("--config", help="training recipe YAML: seed, temperature and masking from it")
+    p.add_argument("--seed", type=int, help=f"the training run's train.seed (default {train.seed})")
+    p.add_argument(
+        "--temperature", type=float, help=f"loss.temperature T (default {loss.temperature})"
+    )
+    for name in ("mlm_probability", "mask_fraction", "random_fraction", "smoothing"):
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=float,
+            help=f"masking.{name} (default {getattr(m, name)})",
+        )
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per teacher forward")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="teacher dtype; auto: fp16 on GPU, fp32 on CPU",
+    )
+    p.add_argument("--attn", default="sdpa", help="attention implementation of the teacher")
+    p.add_argument(
+        "--finalize",
+        action="store_true",
+        help="only check every shard is done and write manifest.json (pass the same arguments)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _run_settings(args: argparse.Namespace) -> Config:
+    """The training run's seed, temperature and masking: the defaults, then --config, then the
+    flags, checked by the rules training uses."""
+    cfg = Config()
+    if args.config:
+        recipe = load_recipe(args.config)
+        apply_overrides(
+            cfg, {k: v for k, v in recipe.items() if k in ("loss", "masking", "train")}, args.config
+        )
+    if args.seed is not None:
+        cfg.train.seed = args.seed
+    if args.temperature is not None:
+        cfg.loss.temperature = args.temperature
+    for name in ("mlm_probability", "mask_fraction", "random_fraction", "smoothing"):
+        if getattr(args, name) is not None:
+            setattr(cfg.masking, name, getattr(args, name))
+    if cfg.loss.temperature <= 0:
+        raise UserError("--temperature must be positive")
+    check_masking(cfg.masking)
+    return cfg
+
+
+def resolve(args: argparse.Namespace, device: torch.device) -> Job:
+    """Check the inputs and settings; every problem is one UserError, the same on every rank."""
+    from transformers import AutoConfig
+
+    if not args.data or not args.teacher:
+        raise UserError("--data and --teacher are required")
+    data_dir, teacher_dir = Path(args.data), Path(args.teacher)
+    manifest = load_manifest(data_dir)
+    if args.mode == "topk":
+        if args.samples is not None:
+            raise UserError("--samples is for --mode sample; top-k mode takes --top-k K")
+        if args.top_k is None or args.top_k < 1:
+            raise UserError(
+                "pass --top-k K (tokens kept per masked position, e.g. 32), or --mode sample --samples N"
+            )
+        k, samples = args.top_k, 0
+    else:
+        if args.top_k is not None:
+            raise UserError(
+                "--top-k is for --mode topk; sample mode keeps --samples N slots per position"
+            )
+        if args.samples is None or not 1 <= args.samples < 2**16:
+            raise UserError("--mode sample needs --samples N with 1 <= N < 65536")
+        k, samples = args.samples, args.samples
+    if args.views < 1:
+        raise UserError("--views must be at least 1")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    run = _run_settings(args)
+    seed, temperature = run.train.seed, run.loss.temperature
+    if not (teacher_dir / "config.json").is_file():
+        raise UserError(f"{teacher_dir}: not a Hugging Face model folder (no config.json)")
+    check_model_tokenizer(teacher_dir, manifest, data_dir)
+    teacher_config = AutoConfig.from_pretrained(str(teacher_dir))
+    check_model_fits(teacher_config, manifest, str(teacher_dir))
+    teacher_vocab = int(teacher_config.vocab_size)
+    if k > teacher_vocab:
+        raise UserError(f"--top-k {k} is more than the teacher's vocabulary of {teacher_vocab}")
+    dtype = teacher_dtype_name(args.dtype, device)
+    spec = masking_spec(manifest, run.masking)
+    teacher_fp = tc.teacher_fingerprint(teacher_dir)
+    settings: dict[str, Any] = {
+        "mode": args.mode,
+        "k": k,
+        "num_views": args.views,
+        "id_dtype": tc.id_dtype(teacher_vocab).name,
+        "value_dtype": tc.value_dtype(args.mode, args.values, samples).name,
+        "teacher_vocab_size": teacher_vocab,
+        "teacher_dtype": dtype,
+    }
+    if samples:
+        settings["samples"] = samples
+    return Job(
+        data_dir=data_dir,
+        teacher_dir=teacher_dir,
+        out=Path(args.out),
+        manifest=manifest,
+        masking=run.masking,
+        seed=seed,
+        temperature=temperature,
+        settings=settings,
+        ident=tc.identity(teacher_fp["fingerprint"], data_dir, manifest, spec, seed, temperature),
+        teacher_files=teacher_fp["files"],
+        batch_size=args.batch_size,
+        attn=args.attn,
+        dtype=dtype,
+    )
+
+
+def check_plan(job: Job) -> bool:
+    """True when CACHE_DIR/plan.json exists; refuse one written with other settings."""
+    path = job.out / tc.PLAN_NAME
+    if not path.is_file():
+        return False
+    old = json.loads(path.read_text())
+    diffs = tc.identity_differences(old.get("identity", {}), job.ident)
+    for key, value in job.settings.items():
+        if old.get("settings", {}).get(key) != value:
+            diffs.append(f"{key} (started with {old.get('settings', {}).get(key)}, now {value})")
+    if diffs:
+        raise UserError(
+            f"{job.out} holds a cache job started with other settings; differs: {'; '.join(diffs)}. "
+            "Finish it with its settings, or write the new cache to another --out"
+        )
+    return True
+
+
+# --- sizes ------------------------------------------------------------------------------------
+def planned_rows(job: Job, shard_nos: list[int]) -> int:
+    """Masked positions of these shards (one view), counted exactly from their tokens."""
+    return sum(
+        int(tc.masked_counts(IndexedReader(job.data_dir / job.shards[i]["path"]), job.spec).sum())
+        for i in shard_nos
+    )
+
+
+def planned_bytes(job: Job, shard_nos: list[int], rows: int) -> int:
+    views = int(job.settings["num_views"])
+    offsets = sum(job.shards[i]["num_sequences"] + 1 for i in shard_nos) * tc.OFFSET_DTYPE.itemsize
+    return views * (rows * tc.row_bytes(job.settings) + offsets)
+
+
+def free_bytes(folder: Path) -> int:
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return int(shutil.disk_usage(probe).free)
+
+
+def human_bytes(n: float) -> str:
+    return f"{n / 1e9:,.3f} GB" if n >= 1e8 else f"{n / 1e6:,.2f} MB"

@@ -1,0 +1,90 @@
+"""When and how a run saves and resumes: the trainer's one handle on its checkpoints.
+
+:class:`CheckpointManager` decides when a checkpoint is due (every ``train.save_every`` steps, at
+the end, and before stopping), refuses to save weights that are not finite (every rank agrees),
+saves through :func:`pipeline.checkpoint.save` (ZeRO checkpoint + per-rank state + commit marker,
+``keep_last`` complete ones kept), logs the size and time of each save, names the last good
+checkpoint for error messages, and resumes an engine from a checkpoint: directly at the same world
+size (bitwise exact, RNG restored), through DeepSpeed's universal format at another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import TrainConfig
+from pipeline.dist import ControlGroup
+
+
+class CheckpointManager:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: TrainConfig,
+        identity: dict[str, Any],
+        control: ControlGroup,
+        rank: int,
+        log: Callable[[str], None],
+    ) -> None:
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.identity = identity
+        self.control = control
+        self.rank = rank
+        self.log = log
+
+    def due(self, step: int, final: bool) -> bool:
+        """A checkpoint is due every ``save_every`` steps and whenever the run ends here."""
+        return final or bool(self.cfg.save_every and step % self.cfg.save_every == 0)
+
+    def save(self, engine: Any, step: int, consumed: int) -> str | None:
+        """Save (collective); what is wrong instead of saving, or None when saved."""
+        if self.control.any(
+            not all(bool(torch.isfinite(p).all()) for p in engine.module.parameters())
+        ):
+            return f"non-finite weights at step {step}"
+        start = time.perf_counter()
+        path = ckpt.save(engine, self.run_dir, step, consumed, self.identity, self.cfg.keep_last)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        self.log(
+            f"saved checkpoint {path} ({size / 2**20:,.0f} MiB in "
+            f"{time.perf_counter() - start:.1f} s)"
+        )
+        return None
+
+    def last_good(self) -> str:
+        found = ckpt.find_resume(self.run_dir, "auto", warn=False)
+        return str(found.path) if found else "(none)"
+
+    def resume(self, engine: Any, found: ckpt.CheckpointInfo, world: int) -> tuple[int, int]:
+        """Load ``found`` into ``engine`` (collective); the (step, consumed samples) it was at."""
+        same_world = found.world_size == world
+        if same_world:
+            load_dir, tag = str(found.path.parent), found.tag
+        else:
+            if self.rank == 0:
+                self.log(
+                    f"resuming {found.tag} (saved by {found.world_size} ranks) on {world}: "
+                    "converting to a universal checkpoint"
+                )
+                ckpt.ensure_universal(found)
+            self.control.barrier()
+            load_dir, tag = str(found.path.parent), ckpt.universal_path(found).name
+        path, _client = engine.load_checkpoint(load_dir, tag=tag)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load {found.path}")
+        step = int(found.commit["step"])
+        consumed = int(found.commit["consumed_samples"])
+        state = ckpt.load_rank_state(found, self.rank) if same_world else None
+        if state is not None:
+            ckpt.restore_rng(state)
+        else:  # another world size: fresh, deterministic RNG streams per rank
+            torch.manual_seed(self.cfg.seed * 100_003 + step * 1_009 + self.rank)
+        self.log(f"resumed from {found.path} at step {step} ({consumed:,} samples consumed)")
+        return step, consumed

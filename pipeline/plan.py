@@ -1,0 +1,124 @@
+"""Everything a run resolves from files before any process group exists.
+
+:func:`prepare` reads the data manifest, the DeepSpeed JSON, the teacher (or the MLM model) and
+the student built from it, the teacher cache, and the checkpoint to resume from, and checks each
+against the others. It runs on every rank alike, so bad input fails fast everywhere with the same
+one-line error instead of leaving ranks waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from data_prep.manifest import load_manifest, manifest_fingerprint
+from data_prep.tokenizer import check_model_tokenizer
+from pipeline import checkpoint as ckpt
+from pipeline.cache_teacher.reader import TeacherCache, open_cache
+from pipeline.config import Config, RunPaths
+from pipeline.ds_config import EngineSettings, engine_settings
+from pipeline.launch import DistEnv
+from pipeline.models import MaskedLM, check_model_fits, load_mlm_model, load_teacher, model_shape
+from pipeline.student import build_student
+
+
+@dataclass
+class Plan:
+    """Everything resolved before the process group starts."""
+
+    paths: RunPaths
+    manifest: dict[str, Any]
+    engine: EngineSettings
+    student: MaskedLM
+    teacher: MaskedLM | None  # None when no loss needs a teacher forward
+    layer_map: list[int]
+    max_steps: int
+    resume: ckpt.CheckpointInfo | None
+    identity: dict[str, Any]
+    teacher_cache: TeacherCache | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def teacher_forward_needed(cfg: Config, cached: bool) -> bool:
+    """Whether the teacher must run: for hidden-state losses, or for logits not in a cache."""
+    return cfg.hidden_losses or (cfg.distilling and cfg.loss.alpha_ce > 0 and not cached)
+
+
+def _no_forward_note(cfg: Config) -> str:
+    if cfg.loss.alpha_ce > 0:
+        why = "logits come from the teacher cache"
+    elif cfg.model.init == "teacher":
+        why = "no teacher loss is on (the teacher only initialised the student)"
+    else:
+        why = "no teacher loss is on (the teacher only set its shape)"
+    return f"no teacher forward: {why}"
+
+
+def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) -> Plan:
+    manifest = load_manifest(paths.data)
+    engine = engine_settings(cfg, env.world_size, device.type)
+    cached = bool(paths.teacher_cache) and cfg.distilling and cfg.loss.alpha_ce > 0
+    notes: list[str] = []
+    teacher: MaskedLM | None = None
+    if paths.teacher is not None:
+        check_model_tokenizer(paths.teacher, manifest, paths.data)
+        teacher_full = load_teacher(
+            paths.teacher, cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
+        )
+        check_model_fits(teacher_full.config, manifest, paths.teacher)
+        student, layer_map = build_student(
+            teacher_full,
+            cfg.model.student_layers,
+            cfg.model.layer_map,
+            cfg.model.init,
+            cfg.model.attn_implementation,
+            cfg.model.dropout,
+        )
+        if teacher_forward_needed(cfg, cached):
+            teacher = teacher_full
+        else:
+            notes.append(_no_forward_note(cfg))
+    else:
+        assert paths.model is not None  # validate(): one of teacher and model
+        student = load_mlm_model(paths.model, cfg.model.attn_implementation, cfg.model.dropout)
+        check_model_fits(student.config, manifest, paths.model)
+        layer_map = []
+    cache = None
+    if cached:
+        cache = open_cache(cfg, paths, manifest)
+        notes.extend(cache.notes)
+        if cfg.hidden_losses:
+            notes.append(
+                "teacher cache in use for the logits, but a hidden-state loss is on: the teacher still runs for hidden states"
+            )
+    steps_per_epoch = (
+        int(manifest["splits"]["train"]["num_sequences"]) / cfg.train.global_batch_size
+    )
+    max_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    identity = {
+        "student": model_shape(student.config),
+        "layer_map": layer_map,
+        "tokenizer": manifest["tokenizer"]["fingerprint"],
+        "data_manifest": manifest_fingerprint(paths.data),
+    }
+    resume = ckpt.find_resume(paths.output, cfg.train.resume, warn=env.is_main)
+    if resume is not None:
+        ckpt.check_compatible(resume, identity)
+        if resume.world_size != env.world_size:
+            engine.config.setdefault("checkpoint", {})["load_universal"] = True
+    return Plan(
+        paths,
+        manifest,
+        engine,
+        student,
+        teacher,
+        layer_map,
+        max_steps,
+        resume,
+        identity,
+        cache,
+        notes,
+    )

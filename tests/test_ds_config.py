@@ -1,0 +1,79 @@
+"""The DeepSpeed JSON: batch sizes derived from the config, contradictions refused with the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data_prep.errors import UserError
+from pipeline.config import Config
+from pipeline.ds_config import engine_settings, split_batch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_split_batch_derives_micro_and_accumulation() -> None:
+    assert split_batch(4096, 8, 0, 32) == (32, 16)  # largest micro <= 32 dividing 512
+    assert split_batch(48, 2, 0, 32) == (24, 1)
+    assert split_batch(48, 2, 8, 32) == (8, 3)
+    assert split_batch(7, 1, 0, 4) == (1, 7)  # 7 is prime: micro 1
+    with pytest.raises(UserError, match="not divisible by the world size 4"):
+        split_batch(6, 4, 0, 32)
+    with pytest.raises(UserError, match=r"--micro-batch-size in \[1, 3\]"):
+        split_batch(6, 2, 2, 32)
+
+
+def _cfg(ds: dict | Path, tmp_path: Path, **train: int) -> Config:  # type: ignore[type-arg]
+    cfg = Config()
+    if isinstance(ds, dict):
+        path = tmp_path / "ds.json"
+        path.write_text(json.dumps(ds))
+        ds = path
+    cfg.train.ds_config = str(ds)
+    cfg.train.global_batch_size = 64
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def test_settings_fill_the_json_from_the_config(tmp_path: Path) -> None:
+    es = engine_settings(_cfg(REPO / "ds_configs" / "zero2_bf16.json", tmp_path), 2, "cpu")
+    assert (es.micro_batch, es.grad_accum, es.precision) == (32, 1, "bf16")
+    assert es.config["train_batch_size"] == 64 and es.config["gradient_clipping"] == 5.0
+    fp16 = engine_settings(_cfg(REPO / "ds_configs" / "zero2_fp16.json", tmp_path), 1, "cuda")
+    assert fp16.precision == "fp16" and fp16.grad_accum == 2
+
+
+@pytest.mark.parametrize(
+    ("ds", "device", "needles"),
+    [
+        ({"train_batch_size": 32}, "cpu", ["train_batch_size is 32", "64", "--global-batch-size"]),
+        ({"gradient_clipping": 1.0}, "cpu", ["gradient_clipping", "--optim.grad_clip"]),
+        ({"optimizer": {"type": "Adam"}}, "cpu", ["remove the 'optimizer' section"]),
+        ({"scheduler": {"type": "WarmupLR"}}, "cpu", ["'scheduler'"]),
+        ({"zero_optimization": {"stage": 3}}, "cpu", ["stage 3 is not supported"]),
+        ({"fp16": {"enabled": True}, "bf16": {"enabled": True}}, "cuda", ["both enabled"]),
+        ({"fp16": {"enabled": True}}, "cpu", ["fp16", "CPU", "zero2_bf16.json"]),
+    ],
+)
+def test_contradictions_are_refused(
+    ds: dict,
+    device: str,
+    needles: list[str],
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    with pytest.raises(UserError) as exc:
+        engine_settings(_cfg(ds, tmp_path), 2, device)
+    for needle in needles:
+        assert needle in str(exc.value), str(exc.value)
+
+
+def test_unreadable_json_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "ds.json"
+    bad.write_text("{nope")
+    with pytest.raises(UserError, match="not valid JSON"):
+        engine_settings(_cfg(bad, tmp_path), 1, "cpu")
+    with pytest.raises(UserError, match="DeepSpeed config not found"):
+        engine_settings(_cfg(tmp_path / "missing.json", tmp_path), 1, "cpu")

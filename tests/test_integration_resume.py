@@ -1,0 +1,262 @@
+"""Checkpoints end to end (2-rank runs): bitwise resume, preemption by signal, a new world size,
+damaged checkpoints, contradicting configs, retention and DeepSpeed's own tools. The
+``reference_run`` fixture (conftest.py) is the uninterrupted run they compare with."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pipeline_helpers import (
+    REPO,
+    base_args,
+    check_ok,
+    launch,
+    losses,
+    sample_log,
+    train_env,
+)
+
+BF16 = str(REPO / "ds_configs" / "zero2_bf16.json")
+
+
+def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(
+        str(run / "checkpoints"), tag=f"global_step{step}"
+    )
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_bitwise_identical(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path, precision: str
+) -> None:
+    extra = {"--max-steps": 8, "--save-every": 4, "--train.sample_log": "true"}
+    if precision == "bf16":
+        extra["--ds-config"] = BF16
+        reference = tmp_path / "reference"
+        check_ok(launch(base_args(tiny_teacher, small_data_dir, reference, **extra), nproc=2))
+    else:
+        reference = reference_run
+    run = tmp_path / "resumed"
+    check_ok(
+        launch(
+            base_args(
+                tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 3}
+            ),
+            nproc=2,
+        )
+    )
+    assert [s for s, _ in losses(run)] == [1, 2, 3]
+    second = launch(base_args(tiny_teacher, small_data_dir, run, **extra), nproc=2)
+    check_ok(second)
+    assert "resumed from" in second.stdout and "global_step3" in second.stdout
+    assert losses(run) == losses(reference)  # every step, to the last bit
+    assert sample_log(run) == sample_log(reference)
+    assert _same_weights(_weights(run, 8), _weights(reference, 8))
+
+
+def test_resume_twice(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
+) -> None:
+    run = tmp_path / "twice"
+    args = base_args(
+        tiny_teacher,
+        small_data_dir,
+        run,
+        **{"--max-steps": 8, "--save-every": 4, "--train.stop_after_steps": 3},
+    )
+    check_ok(launch(args, nproc=2))
+    check_ok(launch(args, nproc=2))  # steps 4..6
+    check_ok(
+        launch(
+            base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4}),
+            nproc=2,
+        )
+    )
+    assert losses(run) == losses(reference_run)
+    assert _same_weights(_weights(run, 8), _weights(reference_run, 8))
+
+
+def _start_two_ranks(args: list[str], port: int) -> list[subprocess.Popen[str]]:
+    """Two ranks started the way torchrun starts them (RANK/WORLD_SIZE/MASTER_*), so each
+    process's own exit code is visible."""
+    procs = []
+    for rank in (0, 1):
+        env = train_env(
+            {
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pipeline.train", *args],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    return procs
+
+
+def test_signal_checkpoints_and_exits_then_resume_matches(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
+    from pipeline_helpers import _free_port
+
+    steps = 40
+    reference = tmp_path / "reference"
+    check_ok(
+        launch(
+            base_args(
+                tiny_teacher, small_data_dir, reference, **{"--max-steps": steps, "--save-every": 0}
+            ),
+            nproc=2,
+        )
+    )
+    run = tmp_path / "preempted"
+    args = base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": steps, "--save-every": 0})
+    procs = _start_two_ranks(args, _free_port())
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        metrics.is_file() and len(metrics.read_text().splitlines()) >= 3
+    ):
+        time.sleep(0.05)
+    # SIGTERM to rank 1's whole process group (its data-loader worker too), as Slurm and
+    # `kill -TERM -PGID` do; rank 0 is not signalled and learns it at the step boundary.
+    os.killpg(procs[1].pid, signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [42, 42], [o[1][-2000:] for o in outs]
+    assert "preempted (signal on another rank)" in outs[0][0]
+    stopped = losses(run)[-1][0]
+    assert 3 <= stopped < steps, stopped
+    assert (run / "checkpoints" / "latest").read_text() == f"global_step{stopped}"
+    check_ok(launch(args, nproc=2))
+    assert losses(run) == losses(reference)
+    assert _same_weights(_weights(run, steps), _weights(reference, steps))
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_resume_on_another_world_size(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, before: int, after: int
+) -> None:
+    extra = {
+        "--max-steps": 8,
+        "--save-every": 4,
+        "--train.sample_log": "true",
+        "--model.dropout": 0.0,
+    }
+    reference = tmp_path / "reference"
+    check_ok(launch(base_args(tiny_teacher, small_data_dir, reference, **extra), nproc=before))
+    run = tmp_path / "moved"
+    check_ok(
+        launch(
+            base_args(
+                tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 4}
+            ),
+            nproc=before,
+        )
+    )
+    result = launch(base_args(tiny_teacher, small_data_dir, run, **extra), nproc=after)
+    check_ok(result)
+    assert "universal" in result.stdout
+    assert (run / "checkpoints" / "global_step4_universal").is_dir()
+    # The same global batches, sample for sample, and the same masks (sample log holds views).
+    assert sample_log(run) == sample_log(reference)
+    got, want = dict(losses(run)), dict(losses(reference))
+    assert got.keys() == want.keys() == set(range(1, 9))
+    for step in range(5, 9):  # another reduction order: close, not bitwise
+        assert got[step] == pytest.approx(want[step], rel=1e-4), step
+    w_got, w_want = _weights(run, 8), _weights(reference, 8)
+    assert all(torch.allclose(w_got[k], w_want[k], atol=1e-4) for k in w_want)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
+) -> None:
+    run = tmp_path / "damaged"
+    shutil.copytree(reference_run, run)
+    shard = next((run / "checkpoints" / "global_step8").glob("*optim_states.pt"))
+    with open(shard, "r+b") as fh:
+        fh.truncate(shard.stat().st_size // 2)
+    result = launch(
+        base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4}),
+        nproc=2,
+    )
+    check_ok(result)
+    assert "skipping incomplete checkpoint" in result.stderr and "global_step8" in result.stderr
+    assert "resumed from" in result.stdout and "global_step4" in result.stdout
+    assert losses(run) == losses(reference_run)
+    # A deleted file is caught the same way, and a checkpoint without COMMIT.json is never used.
+    (run / "checkpoints" / "global_step8" / "COMMIT.json").unlink()
+    from pipeline.checkpoint import find_resume
+
+    with pytest.warns(UserWarning, match="no COMMIT.json"):
+        found = find_resume(run, "auto")
+    assert found is not None and found.step == 4
+
+
+def test_contradicting_config_is_refused(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
+) -> None:
+    run = tmp_path / "contra"
+    shutil.copytree(reference_run, run)
+    result = launch(
+        base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 10, "--student-layers": 3}),
+        launcher="python",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "contradicts the checkpoint" in result.stderr and "student" in result.stderr
+
+
+def test_keep_last_and_deepspeed_tools(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
+    run = tmp_path / "keep"
+    check_ok(
+        launch(
+            base_args(
+                tiny_teacher,
+                small_data_dir,
+                run,
+                **{"--max-steps": 5, "--save-every": 1, "--train.keep_last": 2},
+            ),
+            launcher="python",
+        )
+    )
+    kept = sorted(p.name for p in (run / "checkpoints").glob("global_step*"))
+    assert kept == ["global_step4", "global_step5"]
+    # DeepSpeed's own script reads the run folder through its `latest` file.
+    out = tmp_path / "fp32"
+    subprocess.run(
+        [
+            sys.executable,
+            str(run / "checkpoints" / "zero_to_fp32.py"),
+            str(run / "checkpoints"),
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        env=train_env(),
+    )
+    assert list(out.glob("*.safetensors")) or list(out.glob("*.bin"))
