@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from data_prep.errors import UserError
 from pipeline import checkpoint as ckpt
 from pipeline.config import TrainConfig
 from pipeline.dist import ControlGroup
@@ -50,7 +51,9 @@ class CheckpointManager:
         ):
             return f"non-finite weights at step {step}"
         start = time.perf_counter()
-        path = ckpt.save(engine, self.run_dir, step, consumed, self.identity, self.cfg.keep_last)
+        path = ckpt.save(
+            engine, self.run_dir, step, consumed, self.identity, self.cfg.keep_last, self.control
+        )
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         self.log(
             f"saved checkpoint {path} ({size / 2**20:,.0f} MiB in "
@@ -61,6 +64,33 @@ class CheckpointManager:
     def last_good(self) -> str:
         found = ckpt.find_resume(self.run_dir, "auto", warn=False)
         return str(found.path) if found else "(none)"
+
+    def agree_resume(self, resume: str) -> ckpt.CheckpointInfo | None:
+        """The checkpoint every rank resumes from (collective): rank 0 chooses (``auto``: its
+        newest complete one) and every rank reads that one. On a shared file system just after a
+        requeue, nodes can see different newest checkpoints; a rank that cannot read rank 0's
+        choice fails the job on every rank with one line, instead of loading another one."""
+        chosen = None
+        if self.rank == 0:
+            found = ckpt.find_resume(self.run_dir, resume, warn=True)
+            chosen = str(found.path) if found else None
+        chosen = self.control.broadcast(chosen)
+        if chosen is None:
+            return None
+
+        def read() -> ckpt.CheckpointInfo:
+            try:
+                return ckpt.read_checkpoint(Path(chosen))
+            except UserError as exc:
+                raise UserError(
+                    f"rank {self.rank} cannot read the checkpoint rank 0 resumes from: {exc}. "
+                    "Every node must see the same files: check the shared file system, or wait "
+                    "for it to catch up and resubmit"
+                ) from None
+
+        found = self.control.together(read)
+        ckpt.check_compatible(found, self.identity)
+        return found
 
     def resume(self, engine: Any, found: ckpt.CheckpointInfo, world: int) -> tuple[int, int]:
         """Load ``found`` into ``engine`` (collective); the (step, consumed samples) it was at."""
@@ -79,6 +109,7 @@ class CheckpointManager:
         path, _client = engine.load_checkpoint(load_dir, tag=tag)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load {found.path}")
+        place_optimizer_steps(getattr(engine.optimizer, "optimizer", engine.optimizer))
         step = int(found.commit["step"])
         consumed = int(found.commit["consumed_samples"])
         state = ckpt.load_rank_state(found, self.rank) if same_world else None
@@ -88,3 +119,30 @@ class CheckpointManager:
             torch.manual_seed(self.cfg.seed * 100_003 + step * 1_009 + self.rank)
         self.log(f"resumed from {found.path} at step {step} ({consumed:,} samples consumed)")
         return step, consumed
+
+
+def place_optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
+    """Put each ``step`` of a fused (or capturable) Adam group where torch wants it: a float32
+    tensor on its parameter's device. Returns how many moved.
+
+    DeepSpeed's universal-checkpoint loader writes the step it read from ``step.pt`` (converted on
+    the CPU by ``ds_to_universal``) straight into ``optimizer.state``, around torch's
+    ``load_state_dict``, which would have moved it: a CUDA run with fused AdamW would resume with a
+    CPU step (DeepSpeed 0.19.8, ``load_hp_checkpoint_state_from_checkpoint_dir``).
+    """
+    moved = 0
+    for group in optimizer.param_groups:
+        if not (group.get("fused") or group.get("capturable")):
+            continue
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            step = state.get("step")
+            if step is None:
+                continue
+            if not torch.is_tensor(step) or (step.device, step.dtype) != (
+                param.device,
+                torch.float32,
+            ):
+                state["step"] = torch.as_tensor(step, dtype=torch.float32).to(param.device)
+                moved += 1
+    return moved

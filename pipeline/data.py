@@ -21,7 +21,7 @@ from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader
 from data_prep.manifest import load_manifest
 from pipeline.masking import IGNORE_INDEX, Masker
-from pipeline.sampling import BatchLayout, eval_indices, sample_at
+from pipeline.sampling import BatchLayout, eval_indices, samples_at
 
 if TYPE_CHECKING:
     from pipeline.cache_teacher.reader import TeacherCache
@@ -129,12 +129,11 @@ class MicroBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         step, micro = divmod(i, self.layout.grad_accum)
         consumed = self.start_consumed + step * self.layout.global_batch
-        seqs, indices, views = [], [], []
-        for pos in self.layout.positions(consumed, micro):
-            epoch, index = sample_at(pos, self.seed, len(self.dataset))
-            seqs.append(self.dataset[index])
-            indices.append(index)
-            views.append(epoch % self.num_views if self.num_views else epoch)
+        positions = np.asarray(self.layout.positions(consumed, micro), dtype=np.int64)
+        epochs, order = samples_at(positions, self.seed, len(self.dataset))
+        indices = order.tolist()
+        seqs = [self.dataset[index] for index in indices]
+        views = (epochs % self.num_views if self.num_views else epochs).tolist()
         batch = collate(seqs, indices, views, self.masker, self.seed, self.pad_id)
         if self.cache is not None:
             batch["teacher_ids"], batch["teacher_logp"] = self.cache.batch_targets(batch)

@@ -2,7 +2,9 @@
 
 * :class:`Preemption`: SIGUSR1/SIGTERM (``train.preempt_signals``) set a flag; at each step
   boundary the ranks agree on the control group whether any rank was signalled, and then all
-  of them checkpoint and exit with ``train.preempt_exit_code``.
+  of them checkpoint and exit with ``train.preempt_exit_code``. The handlers are installed when
+  the process starts (before the teacher loads, DeepSpeed starts or a checkpoint converts), so a
+  signal during start-up is a request to stop before the first step, never a crash.
 * :class:`LossScaleWatch`: fp16's dynamic loss scale pinned at its floor means every step
   overflows and the run makes no progress.
 * :func:`nonfinite_loss`: in bf16/fp32 a non-finite loss is an error (in fp16 it is a skipped step).
@@ -13,10 +15,12 @@ good checkpoint.
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_prep.errors import UserError
-from pipeline.dist import ControlGroup
+
+if TYPE_CHECKING:  # importing pipeline.dist imports torch: keep this module quick to import
+    from pipeline.dist import ControlGroup
 
 
 class Preemption:
@@ -24,11 +28,20 @@ class Preemption:
 
     def __init__(self, signals: list[str]) -> None:
         self.signalled: str | None = None
+        self.installed: list[str] = []
+        self.install(signals)
+
+    def install(self, signals: list[str]) -> None:
+        """Handle these signals (and give back their default action to the others it handled)."""
+        for name in self.installed:
+            if name not in signals:
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
         for name in signals:
             try:
                 signal.signal(getattr(signal, name), self._handler)
-            except (AttributeError, ValueError):
+            except (AttributeError, ValueError, TypeError):
                 raise UserError(f"train.preempt_signals: unknown signal {name}") from None
+        self.installed = list(signals)
 
     def _handler(self, signum: int, _frame: Any) -> None:
         self.signalled = signal.Signals(signum).name

@@ -4,8 +4,13 @@ Ranks come from the launcher's variables: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``
 deepspeed launcher), ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` inside an ``srun`` step, or
 ``OMPI_COMM_WORLD_*`` / ``PMI_*`` under ``mpirun``. The rendezvous address is ``MASTER_ADDR`` /
 ``MASTER_PORT`` when set; otherwise the first node of the Slurm step with :func:`slurm_port` of
-the job id, or, under MPI, rank 0's address broadcast with mpi4py. A plain ``python -m`` is one
-rank on 127.0.0.1.
+the job id, or, under MPI, rank 0's routable address broadcast with mpi4py. A plain ``python -m``
+is one rank on 127.0.0.1.
+
+Real hosts: Debian maps a host's own name to 127.0.1.1, and gloo binds to whatever the host name
+resolves to, so across nodes it would bind to loopback. :func:`gloo_interface` names the interface
+that reaches MASTER_ADDR instead (``GLOO_SOCKET_IFNAME``, when the user has not set it), and the
+mpirun rendezvous announces :func:`routable_address`, never the host name's address.
 
 Nothing here imports torch, so ``slurm/env.sh`` can ask for the port the trainer would derive:
 ``python -m pipeline.launch --slurm-port JOB_ID``.
@@ -14,8 +19,11 @@ Nothing here imports torch, so ``slurm/env.sh`` can ask for the port the trainer
 from __future__ import annotations
 
 import argparse
+import fcntl
+import ipaddress
 import os
 import socket
+import struct
 import subprocess
 import sys
 import warnings
@@ -43,8 +51,72 @@ class DistEnv:
 
 def slurm_port(job_id: int) -> int:
     """The rendezvous port of a Slurm job: the same after a requeue, distinct for jobs that
-    share a node. The one formula; ``slurm/env.sh`` calls it."""
-    return 20000 + job_id % 20000
+    share a node, and below Linux's ephemeral range (32768-60999), where a port can be taken by
+    any outgoing connection. The one formula; ``slurm/env.sh`` calls it."""
+    return 12000 + job_id % 20000
+
+
+def _ipv4_of(ifname: str) -> str | None:
+    """The IPv4 address of a network interface (SIOCGIFADDR), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = struct.pack("256s", ifname[:15].encode())
+            return socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, packed)[20:24])
+        except OSError:
+            return None
+
+
+def _interface_of(address: str) -> str | None:
+    for _, name in socket.if_nameindex():
+        if _ipv4_of(name) == address:
+            return name
+    return None
+
+
+def _resolve(host: str) -> str | None:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return None
+
+
+def _loopback(address: str | None) -> bool:
+    return address is None or ipaddress.ip_address(address).is_loopback
+
+
+def local_address_towards(peer: str) -> str | None:
+    """This host's source address for packets to ``peer`` (a routing lookup: nothing is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((peer, 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return None
+
+
+def gloo_interface(master_addr: str) -> str | None:
+    """The interface gloo must bind to for ranks on other hosts to reach this one: the one that
+    routes to MASTER_ADDR. None when nothing needs setting: GLOO_SOCKET_IFNAME is the user's, or
+    every rank is on this host (MASTER_ADDR is loopback)."""
+    if os.environ.get("GLOO_SOCKET_IFNAME"):
+        return None
+    master = _resolve(master_addr)
+    if master is None or _loopback(master):
+        return None
+    local = local_address_towards(master)
+    return _interface_of(local) if local else None
+
+
+def routable_address() -> str:
+    """An address of this host that other hosts can reach: GLOO_SOCKET_IFNAME's, else the host
+    name's when it is not loopback, else the source address of the default route."""
+    ifname = os.environ.get("GLOO_SOCKET_IFNAME", "").split(",")[0]
+    if ifname and (address := _ipv4_of(ifname)):
+        return address
+    own = _resolve(socket.gethostname())
+    if own is not None and not _loopback(own):
+        return own
+    return local_address_towards("192.0.2.1") or own or "127.0.0.1"  # TEST-NET-1: any route
 
 
 def _free_port() -> int:
@@ -80,7 +152,7 @@ def _mpi_rendezvous(rank: int) -> tuple[str, int]:
     comm = MPI.COMM_WORLD
     hosts = comm.allgather(socket.gethostname())
     if rank == 0:
-        addr = "127.0.0.1" if len(set(hosts)) == 1 else socket.gethostbyname(socket.gethostname())
+        addr = "127.0.0.1" if len(set(hosts)) == 1 else routable_address()
         found: tuple[str, int] | None = (addr, _free_port())
     else:
         found = None

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-import torch.distributed as dist
 
 from data_prep.atomic import atomic_open
+from pipeline.dist import reduce_on_device
 
 
 def truncate_after(path: Path, step: int) -> None:
@@ -151,9 +151,7 @@ class LogWindow:
         counts = [float(self.micro_batches), float(self.tokens)]
         extra = torch.tensor(counts, device=self.device, dtype=torch.float64)
         vec = torch.cat([torch.stack([*(self.sums[k] for k in keys), self.nonfinite]), extra])
-        if dist.is_initialized():
-            dist.all_reduce(vec)
-        vec = vec.cpu()
+        vec = reduce_on_device(vec).cpu()
         skipped, micro_batches, tokens = (vec[i].item() for i in (-3, -2, -1))
         counted = micro_batches - skipped
         elapsed = max(time.perf_counter() - self.start, 1e-9)

@@ -1,8 +1,9 @@
 """Everything a run resolves from files before any process group exists.
 
 :func:`prepare` reads the data manifest, the DeepSpeed JSON, the teacher (or the MLM model) and
-the student built from it, the teacher cache, and the checkpoint to resume from, and checks each
-against the others. It runs on every rank alike, so bad input fails fast everywhere with the same
+the student built from it and the teacher cache, and checks each against the others. (Which
+checkpoint to resume from is decided after the process group starts: rank 0 chooses for all,
+see :meth:`pipeline.checkpoint_manager.CheckpointManager.agree_resume`.) It runs on every rank alike, so bad input fails fast everywhere with the same
 one-line error instead of leaving ranks waiting in a collective.
 """
 
@@ -16,7 +17,6 @@ import torch
 
 from data_prep.manifest import load_manifest, manifest_fingerprint
 from data_prep.tokenizer import check_model_tokenizer
-from pipeline import checkpoint as ckpt
 from pipeline.cache_teacher.reader import TeacherCache, open_cache
 from pipeline.config import Config, RunPaths
 from pipeline.ds_config import EngineSettings, engine_settings
@@ -36,7 +36,6 @@ class Plan:
     teacher: MaskedLM | None  # None when no loss needs a teacher forward
     layer_map: list[int]
     max_steps: int
-    resume: ckpt.CheckpointInfo | None
     identity: dict[str, Any]
     teacher_cache: TeacherCache | None = None
     notes: list[str] = field(default_factory=list)
@@ -104,21 +103,6 @@ def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) ->
         "tokenizer": manifest["tokenizer"]["fingerprint"],
         "data_manifest": manifest_fingerprint(paths.data),
     }
-    resume = ckpt.find_resume(paths.output, cfg.train.resume, warn=env.is_main)
-    if resume is not None:
-        ckpt.check_compatible(resume, identity)
-        if resume.world_size != env.world_size:
-            engine.config.setdefault("checkpoint", {})["load_universal"] = True
     return Plan(
-        paths,
-        manifest,
-        engine,
-        student,
-        teacher,
-        layer_map,
-        max_steps,
-        resume,
-        identity,
-        cache,
-        notes,
+        paths, manifest, engine, student, teacher, layer_map, max_steps, identity, cache, notes
     )

@@ -1,32 +1,95 @@
 """The order of samples, as pure functions of (seed, epoch) and a position in the stream.
 
-* :func:`sample_at`: the stream of samples is the concatenation of per-epoch permutations drawn
-  from (seed, epoch); stream position ``p`` is sample ``perm(seed, p // N)[p % N]`` of epoch
-  ``p // N``. The position is ``consumed_samples``.
+* :func:`samples_at`: the stream of samples is the concatenation of per-epoch permutations keyed
+  by (seed, epoch); stream position ``p`` is sample ``perm(seed, p // N)(p % N)`` of epoch
+  ``p // N``. The position is ``consumed_samples``. The permutation (:class:`EpochOrder`) is a
+  keyed Feistel network with cycle walking: computed per position in O(1) memory, never an
+  array of the split (25.8M sequences of BooksCorpus + Wikipedia at seq 128 would be 206 MB of
+  int64 per loader worker).
 * :class:`BatchLayout`: a global batch is positions ``[c, c + B)``; rank ``r`` of ``W`` takes, for
   micro-step ``k`` of ``G``, positions ``c + (k * W + r) * b ... + b``. The set of samples (and
   their masks) in a global batch never depends on how it is split, so a resume at another world
   size sees the same batches.
-* :func:`eval_indices`: the validation samples of one rank.
+* :func:`eval_indices`: the validation samples of one rank, spread evenly over the whole split
+  (every source file contributes, not only the first).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
+_ROUNDS = 6
 
-@functools.lru_cache(maxsize=4)
-def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.Generator(np.random.PCG64([seed, epoch, 0x5A4D])).permutation(n)
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (multiplications wrap modulo 2**64)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class EpochOrder:
+    """A pseudo-random bijection of ``[0, n)`` keyed by (seed, epoch), in O(1) memory.
+
+    A balanced Feistel network on the smallest even number of bits that holds ``n - 1`` (a
+    domain below 4n), with cycle walking: a value outside ``[0, n)`` goes through the network
+    again until it lands inside, which keeps the map a bijection of ``[0, n)``.
+    """
+
+    def __init__(self, seed: int, epoch: int, n: int) -> None:
+        if n < 1:
+            raise ValueError("an epoch of no samples")
+        bits = max(2, (n - 1).bit_length())
+        self.half = np.uint64((bits + 1) // 2)
+        self.mask = np.uint64((1 << int(self.half)) - 1)
+        self.n = n
+        self.keys = [
+            np.uint64(
+                int.from_bytes(
+                    hashlib.blake2b(f"{seed}:{epoch}:{r}".encode(), digest_size=8).digest(),
+                    "little",
+                )
+            )
+            for r in range(_ROUNDS)
+        ]
+
+    def _rounds(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> self.half, x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ (_mix(right ^ key) & self.mask)
+        return (left << self.half) | right
+
+    def __call__(self, offsets: np.ndarray) -> np.ndarray:
+        x = self._rounds(np.asarray(offsets, dtype=np.uint64))
+        while (outside := x >= np.uint64(self.n)).any():
+            x[outside] = self._rounds(x[outside])
+        return x.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=16)
+def _order(seed: int, epoch: int, n: int) -> EpochOrder:
+    return EpochOrder(seed, epoch, n)
+
+
+def samples_at(positions: np.ndarray, seed: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, sample indices) at stream positions ``positions`` (any order, any epochs)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, num_samples)
+    indices = np.empty_like(offsets)
+    for epoch in np.unique(epochs):
+        sel = epochs == epoch
+        indices[sel] = _order(seed, int(epoch), num_samples)(offsets[sel])
+    return epochs, indices
 
 
 def sample_at(position: int, seed: int, num_samples: int) -> tuple[int, int]:
     """(epoch, sample index) at stream position ``position``."""
-    epoch, offset = divmod(position, num_samples)
-    return epoch, int(_permutation(seed, epoch, num_samples)[offset])
+    epochs, indices = samples_at(np.array([position]), seed, num_samples)
+    return int(epochs[0]), int(indices[0])
 
 
 @dataclass(frozen=True)
@@ -45,6 +108,8 @@ class BatchLayout:
 
 
 def eval_indices(num_valid: int, num_samples: int, rank: int, world_size: int) -> list[int]:
-    """The validation samples of rank ``r``: the first ``num_samples``, every W-th one, so summed
-    metrics do not depend on the world size."""
-    return list(range(min(num_samples, num_valid)))[rank::world_size]
+    """The validation samples of rank ``r``: ``num_samples`` spread evenly over the split (all of
+    it when it is smaller), every W-th one to rank r, so summed metrics do not depend on the
+    world size."""
+    k = min(num_samples, num_valid)
+    return [i * num_valid // k for i in range(k)][rank::world_size]

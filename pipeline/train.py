@@ -5,15 +5,34 @@ Runs under torchrun, ``deepspeed --num_gpus N --module pipeline.train``, ``srun`
 field), then every file is read and checked (:func:`pipeline.plan.prepare`) before the process
 group starts, then the run (:class:`pipeline.trainer.Trainer`). Exit codes: 0 done (or stopped by
 ``train.stop_after_steps``), 2 bad input, 3 non-finite loss or weights,
-``train.preempt_exit_code`` (42) preempted with a checkpoint.
+``train.preempt_exit_code`` (42) preempted with a checkpoint (or by a signal before the first
+step, the checkpoint it resumed from staying the newest), 1 an unexpected error (its traceback;
+the process exits at once rather than wait on data-loader workers or peers).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+
+from pipeline.config import TrainConfig
+from pipeline.guards import Preemption
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all: from here on, a preemption signal is a request to stop, not a kill.
+    preemption = Preemption(TrainConfig().preempt_signals)
+    try:
+        return _main(argv, preemption)
+    except Exception:
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _main(argv: list[str] | None, preemption: Preemption) -> int:
     from data_prep.errors import UserError, error_line
     from pipeline.launch import quiet_libraries
 
@@ -29,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.trainer import Trainer
 
         cfg, paths = parse_config(args)
+        preemption.install(cfg.train.preempt_signals)
         env = detect()
         device = device_for(env)
         plan = prepare(cfg, paths, env, device)
         init_process_group(env, device)
-        code = Trainer(cfg, env, device, plan).run()
+        code = Trainer(cfg, env, device, plan).run(preemption)
     except UserError as exc:
         error_line(f"pipeline.train: error: {exc}")
         return 2

@@ -57,10 +57,9 @@ def lr_lambda(max_steps: int, warmup_fraction: float) -> Any:
     return fn
 
 
-def build_optimizer(
-    module: torch.nn.Module, cfg: Config, device: torch.device
-) -> torch.optim.Optimizer:
-    """AdamW with no weight decay on biases and LayerNorms; fused on CUDA."""
+def build_optimizer(module: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW with no weight decay on biases and LayerNorms; fused (one kernel for every tensor, on
+    CUDA and, since torch 2.4, on CPUs), so CPU runs take the optimizer path of GPU runs."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, p in module.named_parameters():
@@ -72,10 +71,8 @@ def build_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     o = cfg.optim
-    kwargs: dict[str, Any] = {"lr": o.lr, "betas": tuple(o.betas), "eps": o.eps}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    return torch.optim.AdamW(groups, **kwargs)
+    beta1, beta2 = o.betas
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(beta1, beta2), eps=o.eps, fused=True)
 
 
 def _main_print(enabled: bool) -> Any:
@@ -110,7 +107,7 @@ class Trainer:
         )
         if self.rank == 0:
             self._write_run_files()
-        dist.barrier()
+        self.control.barrier()
         self.say = _main_print(self.rank == 0)
         self.teacher = plan.teacher
         if self.teacher is not None:
@@ -123,13 +120,16 @@ class Trainer:
         module = StudentWithLoss(plan.student, cfg.loss, plan.layer_map, cfg.distilling)
         if cfg.model.compile:
             plan.student.compile_encoder()
-        self.engine: Any = engine if engine is not None else self._deepspeed(module)
         self.checkpoints = CheckpointManager(
             self.run_dir, cfg.train, plan.identity, self.control, self.rank, self.say
         )
+        found = self.checkpoints.agree_resume(cfg.train.resume)
+        if found is not None and found.world_size != self.world:
+            plan.engine.config.setdefault("checkpoint", {})["load_universal"] = True
+        self.engine: Any = engine if engine is not None else self._deepspeed(module)
         self.step, self.consumed = 0, 0
-        if plan.resume is not None:
-            self.step, self.consumed = self.checkpoints.resume(self.engine, plan.resume, self.world)
+        if found is not None:
+            self.step, self.consumed = self.checkpoints.resume(self.engine, found, self.world)
         self.window = LogWindow(device)
         self.samples = (
             SampleLog(self.run_dir, self.rank, self.step) if cfg.train.sample_log else None
@@ -138,7 +138,7 @@ class Trainer:
     def _deepspeed(self, module: torch.nn.Module) -> Any:
         import deepspeed
 
-        optimizer = build_optimizer(module, self.cfg, self.device)
+        optimizer = build_optimizer(module, self.cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(self.plan.max_steps, self.cfg.optim.warmup_fraction)
         )
@@ -200,12 +200,23 @@ class Trainer:
         self.consumed += self.cfg.train.global_batch_size
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self) -> int:
-        """Train to ``max_steps``; the exit code (0, ``EXIT_NONFINITE``, or the preemption code)."""
+    def run(self, preemption: Preemption | None = None) -> int:
+        """Train to ``max_steps``; the exit code (0, ``EXIT_NONFINITE``, or the preemption code).
+
+        ``preemption``: the handlers installed when the process started (pipeline.train does);
+        a signal that came before the first step stops the run there, saving nothing new."""
         t, max_steps = self.cfg.train, self.plan.max_steps
         log = RunLogger(self.run_dir, self.rank == 0, max_steps, self.step)
         self._log_start(log)
-        preemption = Preemption(t.preempt_signals)
+        preemption = preemption or Preemption(t.preempt_signals)
+        if preemption.agreed(self.control):
+            who = preemption.signalled or "signal on another rank"
+            return self._close(
+                log,
+                t.preempt_exit_code,
+                f"preempted ({who}) before the first step; the newest checkpoint stays "
+                f"{self.checkpoints.last_good()}; exiting with {t.preempt_exit_code}",
+            )
         scale_watch = LossScaleWatch(self._min_loss_scale(), t.max_min_scale_steps)
         batches = self.train_batches()
         steps_here = 0

@@ -94,7 +94,8 @@ export OMP_NUM_THREADS
 # themselves; on clusters with several networks, name the fast one:
 #   export NCCL_SOCKET_IFNAME=ib0        # or ^lo,docker0: the bootstrap interface
 #   export NCCL_IB_HCA=mlx5              # which InfiniBand adapters NCCL may use
-#   export GLOO_SOCKET_IFNAME=ib0        # the interface gloo binds to
+#   export GLOO_SOCKET_IFNAME=ib0        # the interface gloo binds to (default: the one that
+#                                        # reaches MASTER_ADDR, see pipeline/launch.py)
 #   export NCCL_DEBUG=INFO               # prints the transports NCCL chose (IB, NVLink, socket)
 #   export TORCH_NCCL_ASYNC_ERROR_HANDLING=1   # a rank with an NCCL error aborts, never hangs
 # Compute nodes without internet: the teacher and tokenizer are local folders anyway.

@@ -76,16 +76,30 @@ def base_args(teacher: Path | None, data: Path, out: Path, **overrides: Any) -> 
     return args
 
 
+NCCL_EMULATION = REPO / "tests" / "nccl_emulation"
+# A launch gets its ranks from its own launcher, never from the test process's environment.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def train_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the runs the tests launch: CPU, one thread per rank, and NCCL's device
+    rule for our collectives (tests/nccl_emulation/sitecustomize.py), so a CPU tensor on the
+    default group fails here as it would on a GPU node."""
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env = {
-        **os.environ,
+        **inherited,
         "DS_ACCELERATOR": "cpu",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+        "PYTHONPATH": f"{NCCL_EMULATION}{os.pathsep + pythonpath if pythonpath else ''}",
+        "DISTIL_EMULATE_NCCL": "1",
     }
     env.update(extra or {})
+    if env["DS_ACCELERATOR"] == "cpu":  # a CPU run stays on the CPU on a GPU machine too
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 

@@ -69,3 +69,33 @@ def test_a_checkpoint_is_due_every_save_every_steps_and_at_the_end(tmp_path: Pat
     never = CheckpointManager(tmp_path, TrainConfig(save_every=0), {}, ControlGroup(), 0, print)
     assert not never.due(5, final=False) and never.due(5, final=True)
     assert never.last_good() == "(none)"
+
+
+def test_each_file_of_a_checkpoint_is_synced_by_the_rank_that_wrote_it(
+    reference_run: Path,
+) -> None:
+    names = [f.name for f in (reference_run / "checkpoints" / "global_step8").iterdir()]
+    owners = {name: ckpt.owner_of(name) for name in names}
+    assert {n for n, r in owners.items() if r == 1} == {
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        "distil_rank00001.pt",
+    }, owners
+    assert set(owners.values()) == {0, 1}  # W + 2 fsyncs per save, each file once
+
+
+def test_fused_adam_steps_move_to_their_parameters_device() -> None:
+    """DeepSpeed's universal loader leaves a CPU step beside CUDA parameters; torch's fused AdamW
+    wants it on the parameter's device. (The meta device stands in for CUDA here.)"""
+    import torch
+
+    from pipeline.checkpoint_manager import place_optimizer_steps
+
+    param = torch.nn.Parameter(torch.empty(4, device="meta"))
+    opt = torch.optim.AdamW([param], fused=True)
+    opt.state[param]["step"] = torch.tensor(7.0)  # as load_hp_checkpoint_state leaves it
+    assert place_optimizer_steps(opt) == 1
+    assert opt.state[param]["step"].device.type == "meta"
+    assert opt.state[param]["step"].dtype == torch.float32
+    assert place_optimizer_steps(opt) == 0
+    plain = torch.optim.AdamW([torch.nn.Parameter(torch.empty(2, device="meta"))], fused=False)
+    assert place_optimizer_steps(plain) == 0  # non-fused steps stay on the CPU, as torch keeps them

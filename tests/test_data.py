@@ -40,3 +40,16 @@ def test_sharded_dataset_reads_every_shard(small_data_dir: Path) -> None:
         0,
     )[0]
     assert batch["input_ids"].dtype == torch.int64 and batch["input_ids"].shape[0] == 4
+
+
+def test_validation_draws_from_every_shard(small_data_dir: Path) -> None:
+    from pipeline.data import EvalBatches
+
+    manifest = load_manifest(small_data_dir)
+    shards = manifest["splits"]["valid"]["shards"]
+    assert len(shards) >= 2  # one per source file that has valid documents
+    valid = ShardedDataset(small_data_dir, "valid", manifest)
+    data = EvalBatches(valid, make_masker(manifest, MaskingConfig()), 56, 4, 0, 1, 12, 0)
+    starts = np.cumsum([0] + [s["num_sequences"] for s in shards])
+    touched = {int(np.searchsorted(starts, i, side="right")) - 1 for i in data.indices}
+    assert touched == set(range(len(shards)))

@@ -21,6 +21,7 @@ from pipeline_helpers import (
     launch,
     losses,
     sample_log,
+    step_records,
     train_env,
 )
 
@@ -260,3 +261,43 @@ def test_keep_last_and_deepspeed_tools(
         env=train_env(),
     )
     assert list(out.glob("*.safetensors")) or list(out.glob("*.bin"))
+
+
+def _wait_for_handler(pid: int, sig: int, timeout: float = 120.0) -> None:
+    """Until process ``pid`` catches ``sig`` (its SigCgt mask in /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(
+            next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16
+        )
+        if caught >> (sig - 1) & 1:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} never installed a handler for signal {sig}")
+
+
+def test_signal_during_start_up_exits_with_the_requeue_code(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
+) -> None:
+    """SIGUSR1 while the process is still starting (imports, teacher, DeepSpeed, and here the
+    conversion of a 2-rank checkpoint for 1 rank): no crash, no step, no new checkpoint; exit 42
+    so Slurm requeues, and the checkpoint it resumed from stays the newest."""
+    run = tmp_path / "startup"
+    shutil.copytree(reference_run, run)
+    args = base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 12, "--save-every": 4})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", *args],
+        cwd=REPO, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_handler(proc.pid, signal.SIGUSR1)  # installed first: long before the first step
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 42, (out[-2000:], err[-3000:])
+    assert "before the first step" in out and "global_step8" in out, out[-2000:]
+    assert (run / "checkpoints" / "latest").read_text() == "global_step8"
+    assert sorted(p.name for p in (run / "checkpoints").glob("global_step*[0-9]")) == [
+        "global_step4",
+        "global_step8",
+    ]
+    assert max(r["step"] for r in step_records(run)) == 8

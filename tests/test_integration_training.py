@@ -81,14 +81,21 @@ def test_mlm_only_training_of_a_teacher(
                 None,
                 small_data_dir,
                 run,
-                **{"--model": tmp_path / "bert.json", "--max-steps": 10, "--lr": 3e-3},
+                **{
+                    "--model": tmp_path / "bert.json",
+                    "--max-steps": 20,
+                    "--lr": 2e-2,
+                    "--masking.smoothing": 0,
+                },
             ),
             launcher="python",
         )
     )
     records = step_records(run)
     assert set(records[0]) >= {"loss", "mlm"} and "ce" not in records[0]
-    assert records[-1]["loss"] < records[0]["loss"]
+    first = sum(r["loss"] for r in records[:3]) / 3
+    last = sum(r["loss"] for r in records[-3:]) / 3
+    assert last < first - 0.1, (first, last)
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["model_type"] == "bert" and saved["num_hidden_layers"] == 2
 

@@ -33,7 +33,7 @@ def _args(teacher: Path, data: Path, out: Path) -> list[str | Path]:
 
 def test_a_good_plan(tiny_teacher: Path, small_data_dir: Path, tmp_path: Path) -> None:
     plan = _prepare(*_args(tiny_teacher, small_data_dir, tmp_path / "run"))
-    assert plan.layer_map == [0, 3] and plan.max_steps == 3 and plan.resume is None
+    assert plan.layer_map == [0, 3] and plan.max_steps == 3
     assert plan.teacher is not None and plan.teacher_cache is None
     assert plan.engine.micro_batch * plan.engine.grad_accum == 8
     assert plan.identity["student"]["n_layers"] == 2

@@ -26,9 +26,10 @@ def test_no_weight_decay_on_biases_and_layer_norms() -> None:
     module.add_module("LayerNorm", torch.nn.LayerNorm(4))
     cfg = Config()
     cfg.optim.weight_decay = 0.01
-    opt = build_optimizer(module, cfg, torch.device("cpu"))
+    opt = build_optimizer(module, cfg)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
     assert len(no_decay["params"]) == 3  # the bias and both LayerNorm tensors
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
+    assert opt.defaults["fused"]  # the kernel of GPU runs, on CPUs too
