@@ -57,6 +57,12 @@ def load_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+def shard_prefix(data_dir: str | os.PathLike[str], shard: dict[str, Any]) -> Path:
+    """The ``.bin``/``.idx`` prefix of a manifest's shard entry: ``path`` under DATA_DIR, or the
+    entry's own ``file`` (the shards of a blend of several folders carry it)."""
+    return Path(shard["file"]) if "file" in shard else Path(data_dir) / shard["path"]
+
+
 def manifest_fingerprint(data_dir: str | os.PathLike[str]) -> str:
     """sha256 of manifest.json: it names every shard's sha256, so it identifies the data."""
     return hashlib.sha256(manifest_path(data_dir).read_bytes()).hexdigest()

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from data_prep.errors import UserError
+from pipeline.corpus import Source, parse_sources
 
 DEFAULT_SEED = 56
 TeacherDtype = Literal["auto", "fp16", "bf16", "fp32"]
@@ -102,8 +103,9 @@ class OptimConfig:
 class DataConfig:
     """The prepared shards and where the teacher's targets come from."""
 
-    data: str | None = None
-    """DATA_DIR written by data_prep.build_shards."""
+    data: list[str] = field(default_factory=list)
+    """DATA_DIR written by data_prep.build_shards; or several as WEIGHT:DIR to blend them by weight
+    (``--data 0.3:BOOKS 0.7:WIKI``), as Megatron blends datasets."""
     teacher_cache: str | None = None
     """CACHE_DIR written by pipeline.cache_teacher: teacher logits instead of a teacher forward."""
     num_workers: int = 2
@@ -181,7 +183,7 @@ class Config:
 class RunPaths:
     """The run's inputs and output, checked by :func:`validate`."""
 
-    data: str
+    sources: tuple[Source, ...]  # the data: one DATA_DIR, or several blended by weight
     output: str
     teacher: str | None  # distillation
     model: str | None  # MLM-only training
@@ -212,7 +214,7 @@ def validate(cfg: Config) -> RunPaths:
         raise UserError(
             "--teacher and --model exclude each other: the student is derived from the teacher"
         )
-    if cfg.data.data is None:
+    if not cfg.data.data:
         raise UserError("pass --data DATA_DIR (written by python -m data_prep.build_shards)")
     if cfg.train.output is None:
         raise UserError("pass --output RUN_DIR")
@@ -236,7 +238,7 @@ def validate(cfg: Config) -> RunPaths:
             f"--resume {t.resume}: no such checkpoint (use auto, none, or RUN_DIR/checkpoints/global_stepN)"
         )
     return RunPaths(
-        data=cfg.data.data,
+        sources=parse_sources(cfg.data.data),
         output=cfg.train.output,
         teacher=cfg.model.teacher,
         model=cfg.model.model,

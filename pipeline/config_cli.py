@@ -97,6 +97,10 @@ def type_name(hint: Any) -> str:
     return name + (" or none" if base is not hint else "")
 
 
+def _is_list(hint: Any) -> bool:
+    return typing.get_origin(_base(hint)) is list
+
+
 def _metavar(hint: Any) -> str:
     base = _base(hint)
     if typing.get_origin(base) is Literal:
@@ -218,8 +222,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
     for flag, dotted in SHORT_FLAGS.items():
         section, _, name = dotted.partition(".")
         doc = field_docs(sections[section]).get(name, "")
+        hint = dict(_fields(sections[section]))[name]
         short.add_argument(
-            flag, dest=dotted, default=None, metavar="VALUE", help=f"--{dotted}: {doc}"
+            flag,
+            dest=dotted,
+            default=None,
+            nargs="+" if _is_list(hint) else None,
+            metavar="VALUE",
+            help=f"--{dotted}: {doc}",
         )
     for section_name, cls in _sections():
         group = p.add_argument_group(f"{section_name}", (cls.__doc__ or "").strip())
@@ -231,6 +241,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                 f"--{section_name}.{name}",
                 dest=f"{section_name}.{name}",
                 default=None,
+                nargs="+" if _is_list(hint) else None,
                 metavar=_metavar(hint),
                 help=f"{docs.get(name, '')} (default: {default})".replace("%", "%%"),
             )
@@ -243,6 +254,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, RunPaths]:
     cfg = Config()
     if args.config:
         apply_overrides(cfg, load_recipe(args.config), args.config)
-    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    overrides = {
+        # a list field given one value on the command line keeps the YAML/comma syntax: [0, 3]
+        k: v[0] if isinstance(v, list) and len(v) == 1 else v
+        for k, v in vars(args).items()
+        if "." in k and v is not None
+    }
     apply_overrides(cfg, overrides, "command line")
     return cfg, validate(cfg)

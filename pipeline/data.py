@@ -19,9 +19,9 @@ import torch
 
 from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader
-from data_prep.manifest import load_manifest
+from data_prep.manifest import load_manifest, shard_prefix
 from pipeline.masking import IGNORE_INDEX, Masker
-from pipeline.sampling import BatchLayout, eval_indices, samples_at
+from pipeline.sampling import BatchLayout, BlendOrder, UniformOrder, eval_indices
 
 if TYPE_CHECKING:
     from pipeline.cache_teacher.reader import TeacherCache
@@ -43,12 +43,13 @@ class ShardedDataset:
         info = self.manifest["splits"][split]
         self.readers: list[IndexedReader] = []
         for shard in info["shards"]:
-            reader = IndexedReader(self.data_dir / shard["path"])
+            prefix = shard_prefix(self.data_dir, shard)
+            reader = IndexedReader(prefix)
             if len(reader) != shard["num_sequences"] or reader.num_tokens != shard["num_tokens"]:
                 raise UserError(
-                    f"{self.data_dir / shard['path']}.idx: {len(reader)} sequences / {reader.num_tokens} "
-                    f"tokens, the manifest says {shard['num_sequences']} / {shard['num_tokens']}; "
-                    f"run python -m data_prep.verify {self.data_dir}"
+                    f"{prefix}.idx: {len(reader)} sequences / {reader.num_tokens} tokens, the "
+                    f"manifest says {shard['num_sequences']} / {shard['num_tokens']}; run "
+                    f"python -m data_prep.verify {prefix.parent.parent}"
                 )
             self.readers.append(reader)
         counts = np.array([len(r) for r in self.readers], dtype=np.int64)
@@ -110,6 +111,7 @@ class MicroBatches(torch.utils.data.Dataset):
         num_steps: int,
         pad_id: int,
         cache: TeacherCache | None = None,
+        order: BlendOrder | UniformOrder | None = None,
     ) -> None:
         self.dataset = dataset
         self.layout = layout
@@ -122,6 +124,7 @@ class MicroBatches(torch.utils.data.Dataset):
         # in the worker, off the training step.
         self.cache = cache
         self.num_views = cache.num_views if cache is not None else 0
+        self.order = order or UniformOrder(seed, len(dataset))  # a blend's, or one source's
 
     def __len__(self) -> int:
         return self.num_steps * self.layout.grad_accum
@@ -130,7 +133,7 @@ class MicroBatches(torch.utils.data.Dataset):
         step, micro = divmod(i, self.layout.grad_accum)
         consumed = self.start_consumed + step * self.layout.global_batch
         positions = np.asarray(self.layout.positions(consumed, micro), dtype=np.int64)
-        epochs, order = samples_at(positions, self.seed, len(self.dataset))
+        epochs, order = self.order(positions)
         indices = order.tolist()
         seqs = [self.dataset[index] for index in indices]
         views = (epochs % self.num_views if self.num_views else epochs).tolist()

@@ -109,19 +109,22 @@ def _run_seed(run_dir: Path | None, default: int) -> int:
 def mlm_metrics(
     model: Any,
     teacher: Any,
-    data_dir: str,
+    data: list[str],
     samples: int,
     batch_size: int,
     seed: int,
     device: torch.device,
 ) -> dict[str, float]:
-    from data_prep.manifest import load_manifest
+    from pipeline.corpus import Corpus, parse_sources
     from pipeline.data import EvalBatches, ShardedDataset, loader
 
-    manifest = load_manifest(data_dir)
+    corpus = Corpus(parse_sources(data, need_weights=False))
+    manifest = corpus.manifest
     if not manifest["splits"]["valid"]["num_sequences"]:
-        raise UserError(f"{data_dir}: the valid split is empty; rebuild with --valid-fraction > 0")
-    dataset = ShardedDataset(data_dir, "valid", manifest)
+        raise UserError(
+            f"{corpus.describe()}: the valid split is empty; rebuild with --valid-fraction > 0"
+        )
+    dataset = ShardedDataset(corpus.sources[0].path, "valid", manifest)
     masker = make_masker(manifest, EVAL_MASKING)
     pad = int(manifest["special_ids"]["pad"])
     batches = EvalBatches(dataset, masker, seed, batch_size, 0, 1, samples, pad)
@@ -226,7 +229,12 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pipeline.evaluate", description=__doc__.split("\n")[0]
     )
     p.add_argument("--model", required=True, help="HF folder or RUN_DIR of pipeline.train")
-    p.add_argument("--data", required=True, help="DATA_DIR (its valid split is used)")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="DATA_DIR (its valid split is used); several (W:DIR) for a blend's",
+    )
     p.add_argument("--teacher", help="teacher HF folder: adds agreement and KL")
     p.add_argument("--json", help="write the metrics here")
     p.add_argument("--samples", type=int, default=4096, help="valid sequences to score")

@@ -82,6 +82,9 @@ class RunLogger:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"train/{key}", value, step)
+                elif isinstance(value, dict):  # e.g. consumed_per_source of a blend
+                    for sub, v in value.items():
+                        self._tb.add_scalar(f"train/{key}/{sub}", v, step)
         done = step - self.start_step
         elapsed = time.perf_counter() - self.start_time
         eta = elapsed / max(done, 1) * (self.max_steps - step)

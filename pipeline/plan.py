@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from data_prep.manifest import load_manifest, manifest_fingerprint
 from data_prep.tokenizer import check_model_tokenizer
 from pipeline.cache_teacher.reader import TeacherCache, open_cache
 from pipeline.config import Config, RunPaths
+from pipeline.corpus import Corpus
 from pipeline.ds_config import EngineSettings, engine_settings
 from pipeline.launch import DistEnv
 from pipeline.models import MaskedLM, check_model_fits, load_mlm_model, load_teacher, model_shape
@@ -30,7 +30,8 @@ class Plan:
     """Everything resolved before the process group starts."""
 
     paths: RunPaths
-    manifest: dict[str, Any]
+    corpus: Corpus
+    manifest: dict[str, Any]  # the corpus's (a blend's: combined)
     engine: EngineSettings
     student: MaskedLM
     teacher: MaskedLM | None  # None when no loss needs a teacher forward
@@ -57,13 +58,14 @@ def _no_forward_note(cfg: Config) -> str:
 
 
 def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) -> Plan:
-    manifest = load_manifest(paths.data)
+    corpus = Corpus(paths.sources)
+    manifest = corpus.manifest
     engine = engine_settings(cfg, env.world_size, device.type)
     cached = bool(paths.teacher_cache) and cfg.distilling and cfg.loss.alpha_ce > 0
     notes: list[str] = []
     teacher: MaskedLM | None = None
     if paths.teacher is not None:
-        check_model_tokenizer(paths.teacher, manifest, paths.data)
+        check_model_tokenizer(paths.teacher, manifest, paths.sources[0].path)
         teacher_full = load_teacher(
             paths.teacher, cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
         )
@@ -87,7 +89,7 @@ def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) ->
         layer_map = []
     cache = None
     if cached:
-        cache = open_cache(cfg, paths, manifest)
+        cache = open_cache(cfg, paths, corpus)
         notes.extend(cache.notes)
         if cfg.hidden_losses:
             notes.append(
@@ -101,8 +103,18 @@ def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) ->
         "student": model_shape(student.config),
         "layer_map": layer_map,
         "tokenizer": manifest["tokenizer"]["fingerprint"],
-        "data_manifest": manifest_fingerprint(paths.data),
+        "data_manifest": corpus.fingerprint,
     }
     return Plan(
-        paths, manifest, engine, student, teacher, layer_map, max_steps, identity, cache, notes
+        paths,
+        corpus,
+        manifest,
+        engine,
+        student,
+        teacher,
+        layer_map,
+        max_steps,
+        identity,
+        cache,
+        notes,
     )

@@ -113,3 +113,68 @@ def eval_indices(num_valid: int, num_samples: int, rank: int, world_size: int) -
     world size."""
     k = min(num_samples, num_valid)
     return [i * num_valid // k for i in range(k)][rank::world_size]
+
+
+CYCLE = 1 << 14
+"""Positions per cycle of a blend: weights are kept to 1/16384 of the stream."""
+
+
+class BlendOrder:
+    """The sample order of several sources drawn by weight: a pure function of the position.
+
+    Each cycle of :data:`CYCLE` stream positions is assigned to the sources greedily (position i
+    goes to the source furthest behind ``weight x (i + 1)``, as Megatron's blended index does);
+    the cycle repeats. Source k's j-th draw is its sample ``samples_at(j, seed_k, n_k)``: each
+    source runs through its own keyed epochs, whatever the others do. Indices are global:
+    ``offsets[k]`` + the sample's index within source k.
+    """
+
+    def __init__(self, seed: int, sizes: list[int], weights: list[float]) -> None:
+        total = sum(weights)
+        w = np.asarray(weights, dtype=np.float64) / total
+        counts = np.zeros(len(sizes), dtype=np.int64)
+        source = np.empty(CYCLE, dtype=np.int64)
+        rank = np.empty(CYCLE, dtype=np.int64)
+        for i in range(CYCLE):
+            k = int(np.argmax(w * (i + 1) - counts))
+            source[i], rank[i] = k, counts[k]
+            counts[k] += 1
+        self.seed, self.sizes = seed, list(sizes)
+        self.source, self.rank, self.per_cycle = source, rank, counts
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+
+    def _draws(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source, how many draws of that source come before) at each position."""
+        cycles, within = np.divmod(np.asarray(positions, dtype=np.int64), CYCLE)
+        source = self.source[within]
+        return source, cycles * self.per_cycle[source] + self.rank[within]
+
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(each sample's epoch within its own source, global sample index) at ``positions``."""
+        source, draws = self._draws(positions)
+        epochs = np.empty_like(draws)
+        indices = np.empty_like(draws)
+        for k in np.unique(source):
+            sel = source == k
+            e, i = samples_at(draws[sel], self.seed * 1_000_003 + int(k), self.sizes[k])
+            epochs[sel], indices[sel] = e, i + self.offsets[k]
+        return epochs, indices
+
+    def consumed(self, position: int) -> list[int]:
+        """Samples drawn from each source in stream positions ``[0, position)``."""
+        cycles, within = divmod(position, CYCLE)
+        head = np.bincount(self.source[:within], minlength=len(self.sizes))
+        return [int(c) for c in cycles * self.per_cycle + head]
+
+
+class UniformOrder:
+    """The order of one source: :func:`samples_at` (the same interface as :class:`BlendOrder`)."""
+
+    def __init__(self, seed: int, size: int) -> None:
+        self.seed, self.size = seed, size
+
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return samples_at(positions, self.seed, self.size)
+
+    def consumed(self, position: int) -> list[int]:
+        return [position]

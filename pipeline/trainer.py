@@ -95,9 +95,11 @@ class Trainer:
         self.control = ControlGroup()
         manifest = plan.manifest
         self.pad_id = int(manifest["special_ids"]["pad"])
-        self.train_ds = ShardedDataset(plan.paths.data, "train", manifest)
+        first = plan.paths.sources[0].path
+        self.train_ds = ShardedDataset(first, "train", manifest)
         has_valid = manifest["splits"]["valid"]["num_sequences"] > 0
-        self.valid_ds = ShardedDataset(plan.paths.data, "valid", manifest) if has_valid else None
+        self.valid_ds = ShardedDataset(first, "valid", manifest) if has_valid else None
+        self.order = plan.corpus.order(cfg.train.seed)
         self.masker = make_masker(manifest, cfg.masking)
         # Validation scores plain BERT masking (no frequency smoothing), as pipeline.evaluate does.
         self.eval_masker = make_masker(manifest, EVAL_MASKING)
@@ -180,6 +182,7 @@ class Trainer:
             self.plan.max_steps - self.step,
             self.pad_id,
             cache=self.plan.teacher_cache,
+            order=self.order,
         )
         workers = self.cfg.data.num_workers if num_workers is None else num_workers
         return iter(loader(data, workers, self.device.type == "cuda"))
@@ -272,6 +275,8 @@ class Trainer:
         what = "distilling a" if cfg.distilling else "MLM training of a"
         role = "student" if cfg.distilling else "model"
         source = f" from a {self.teacher.num_layers}-layer teacher" if self.teacher else ""
+        if self.plan.corpus.blended:
+            log.info(f"data: {self.plan.corpus.describe()}")
         log.info(
             f"{what} {count_parameters(self.plan.student):,}-parameter {role}{source} on "
             f"{self.world} rank(s) ({self.env.launcher}, {self.device.type}, "
@@ -299,6 +304,9 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step, **self.window.reduce()}
         record["lr"] = float(self.engine.get_lr()[0])
         record["consumed_samples"] = self.consumed
+        if self.plan.corpus.blended:
+            names = [s.name for s in self.plan.paths.sources]
+            record["consumed_per_source"] = dict(zip(names, self.order.consumed(self.consumed)))
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)

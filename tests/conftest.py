@@ -315,3 +315,17 @@ def reference_run(
     )
     check_ok(launch(args, nproc=2))
     return run
+
+
+@pytest.fixture(scope="session")
+def second_data_dir(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer: Path) -> Path:
+    """Shards of another novel (Emma), with the tokenizer of small_data_dir."""
+    folder = tmp_path_factory.mktemp("emma")
+    text = gzip.decompress((AUSTEN / "emma.txt.gz").read_bytes())
+    (folder / "emma.txt").write_bytes(text[: text.index(b"\n\n", 60_000) + 2])
+    out = tmp_path_factory.mktemp("data") / "emma"
+    Prep.build(
+        "--input", folder / "emma.txt", "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
+        "--output", out, "--workers", "1", "--valid-fraction", "0.05",
+    )  # fmt: skip
+    return out

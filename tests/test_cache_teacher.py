@@ -42,6 +42,7 @@ from pipeline.cache_teacher import writer as cache_writer
 from pipeline.cache_teacher.__main__ import main as cache_teacher_main
 from pipeline.cache_teacher.reader import TeacherCache, open_cache
 from pipeline.config import Config, MaskingConfig, validate
+from pipeline.corpus import Corpus
 from pipeline.data import MicroBatches, ShardedDataset
 from pipeline.losses import kd_loss, sparse_kd_loss
 from pipeline.masking import make_masker
@@ -94,7 +95,9 @@ def build(data: Path, teacher: Path, out: Path, *extra: Any) -> None:
 
 
 def open_run_cache(cfg: Config, manifest: dict[str, Any]) -> TeacherCache:
-    return open_cache(cfg, validate(cfg), manifest)
+    """The run's cache as the trainer opens it (``manifest``: the data's, for the caller)."""
+    paths = validate(cfg)
+    return open_cache(cfg, paths, Corpus(paths.sources))
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -105,7 +108,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 def run_config(data: Path, teacher: Path, cache: Path, **fields: Any) -> Config:
     cfg = Config()
-    cfg.model.teacher, cfg.data.data, cfg.data.teacher_cache = str(teacher), str(data), str(cache)
+    cfg.model.teacher, cfg.data.data, cfg.data.teacher_cache = str(teacher), [str(data)], str(cache)
     cfg.train.output = str(cache / "unused-run")
     for dotted, value in fields.items():
         section, name = dotted.split("__")

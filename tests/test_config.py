@@ -30,7 +30,8 @@ def test_defaults_then_recipe_then_command_line(tmp_path: Path) -> None:
     assert cfg.loss.alpha_ce == 3.0 and isinstance(cfg.loss.alpha_ce, float)  # int widened
     assert cfg.loss.temperature == 1.5 and cfg.train.max_steps == 9  # the command line wins
     assert cfg.loss.alpha_mlm == 2.0  # untouched default: the DistilBERT recipe
-    assert (paths.teacher, paths.data, paths.output, paths.model) == ("T", "D", "R", None)
+    assert (paths.teacher, paths.output, paths.model) == ("T", "R", None)
+    assert [(s.path, s.weight) for s in paths.sources] == [("D", 1.0)]
 
 
 def test_values_are_parsed_by_their_field_type() -> None:
@@ -156,6 +157,22 @@ def test_help_documents_every_field_with_type_default_and_docstring(
 
 def test_validate_returns_the_required_paths() -> None:
     cfg = Config()
-    cfg.model.model, cfg.data.data, cfg.train.output = "m.json", "data", "run"
+    cfg.model.model, cfg.data.data, cfg.train.output = "m.json", ["data"], "run"
     paths = validate(cfg)
-    assert (paths.model, paths.data, paths.output, paths.teacher) == ("m.json", "data", "run", None)
+    assert (paths.model, paths.output, paths.teacher) == ("m.json", "run", None)
+    assert [s.path for s in paths.sources] == ["data"]
+
+
+def test_data_takes_one_folder_or_a_weighted_blend(tmp_path: Path) -> None:
+    _, paths = parse_config([*REQUIRED[:2], "--data", "0.3:/b", "0.7:/w", *REQUIRED[4:]])
+    assert [(s.path, s.weight) for s in paths.sources] == [("/b", 0.3), ("/w", 0.7)]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  data: ['1:/b', '3:/w']\n")
+    _, paths = parse_config(["--config", str(recipe), "--teacher", "T", "--output", "R"])
+    assert [s.weight for s in paths.sources] == [1.0, 3.0]
+    with pytest.raises(UserError, match="needs a weight for each"):
+        parse_config(["--teacher", "T", "--data", "/b", "0.7:/w", "--output", "R"])
+    with pytest.raises(UserError, match="weight must be positive"):
+        parse_config(["--teacher", "T", "--data", "0:/b", "1:/w", "--output", "R"])
+    cfg, _ = parse_config([*REQUIRED, "--model.layer_map", "0", "3"])  # lists take several values
+    assert cfg.model.layer_map == [0, 3]

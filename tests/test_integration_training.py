@@ -157,3 +157,37 @@ def test_compiled_encoders_give_the_eager_losses(
     assert [s for s, _ in compiled] == [1, 2, 3]
     for (_, a), (_, b) in zip(eager, compiled):
         assert b == pytest.approx(a, rel=1e-4)
+
+
+def test_a_blend_trains_in_its_order_and_resumes_exactly_from_a_cache(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, second_data_dir: Path
+) -> None:
+    """--data 0.25:A 0.75:B on 2 ranks: each source's share in metrics.jsonl, and a run from a
+    teacher cache built over both sources, stopped after 3 steps and resumed, has every loss of
+    the uninterrupted online run (the cache follows the blend's order and views)."""
+    from pipeline.cache_teacher.__main__ import main as cache_teacher
+
+    blend = [f"0.25:{small_data_dir}", f"0.75:{second_data_dir}"]
+    cache = tmp_path / "cache"
+    cache_teacher(["--data", str(small_data_dir), str(second_data_dir), "--teacher",
+                   str(tiny_teacher), "--out", str(cache), "--top-k", "4000", "--values",
+                   "fp32", "--quiet"])  # fmt: skip
+    common = {"--max-steps": 6, "--loss.alpha_cos": 0, "--save-every": 3, "--data": None}
+    online, cached = tmp_path / "online", tmp_path / "cached"
+    check_ok(
+        launch(
+            [*base_args(tiny_teacher, small_data_dir, online, **common), "--data", *blend], nproc=2
+        )
+    )
+    args = [*base_args(tiny_teacher, small_data_dir, cached, **common), "--data", *blend,
+            "--teacher-cache", str(cache)]  # fmt: skip
+    first = launch([*args, "--train.stop_after_steps", "3"], nproc=2)
+    check_ok(first)
+    assert "no teacher forward" in first.stdout and "data: 25% " in first.stdout
+    check_ok(launch(args, nproc=2))
+    want, got = dict(losses(online)), dict(losses(cached))
+    assert got.keys() == want.keys() == set(range(1, 7))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5), step
+    shares = step_records(online)[-1]["consumed_per_source"]
+    assert list(shares.values()) == [12, 36]  # 6 steps x 8 sequences, 1:3

@@ -34,7 +34,6 @@ import numpy as np
 
 from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader, sha256_file, token_dtype_for_vocab
-from data_prep.manifest import manifest_fingerprint
 from pipeline.masking import MaskingSpec
 
 FORMAT = "distil-teacher-cache"
@@ -139,7 +138,7 @@ def teacher_fingerprint(path: str | Path) -> dict[str, Any]:
 
 def identity(
     teacher_fp: str,
-    data_dir: str | Path,
+    data_fp: str,
     manifest: dict[str, Any],
     spec: MaskingSpec,
     seed: int,
@@ -149,7 +148,7 @@ def identity(
     return {
         "teacher": teacher_fp,
         "tokenizer": manifest["tokenizer"]["fingerprint"],
-        "data_manifest": manifest_fingerprint(data_dir),
+        "data_manifest": data_fp,
         "seq_len": int(manifest["seq_len"]),
         "masking": spec.fingerprint(),
         "seed": int(seed),

@@ -15,11 +15,12 @@ import torch
 
 from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader
-from data_prep.manifest import load_manifest
+from data_prep.manifest import shard_prefix
 from data_prep.tokenizer import check_model_tokenizer
 from pipeline.cache_teacher import format as tc
 from pipeline.config import Config, MaskingConfig, check_masking
 from pipeline.config_cli import apply_overrides, load_recipe
+from pipeline.corpus import Corpus, parse_sources
 from pipeline.masking import MaskingSpec, masking_spec
 from pipeline.models import DTYPES, check_model_fits, teacher_dtype_name
 
@@ -29,7 +30,7 @@ from pipeline.models import DTYPES, check_model_fits, teacher_dtype_name
 class Job:
     """Everything resolved from the command line and the inputs, identical on every rank."""
 
-    data_dir: Path
+    corpus: Corpus  # one DATA_DIR, or every source of a blend (a cache serves any weights)
     teacher_dir: Path
     out: Path
     manifest: dict[str, Any]
@@ -51,6 +52,9 @@ class Job:
     def shards(self) -> list[dict[str, Any]]:
         return list(self.manifest["splits"]["train"]["shards"])
 
+    def shard_prefix(self, i: int) -> Path:
+        return shard_prefix(self.corpus.sources[0].path, self.shards[i])
+
     def plan(self) -> dict[str, Any]:
         """What a restart must agree with (plan.json), and the head of manifest.json."""
         return {
@@ -59,7 +63,7 @@ class Job:
             "identity": self.ident,
             "settings": self.settings,
             "sources": {
-                "data": str(self.data_dir.resolve()),
+                "data": [str(Path(s.path).resolve()) for s in self.corpus.sources],
                 "teacher": str(self.teacher_dir.resolve()),
                 "teacher_files": self.teacher_files,
             },
@@ -74,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the teacher once over the training data and cache its logits at the "
         "masked positions.",
     )
-    p.add_argument("--data", help="DATA_DIR written by data_prep.build_shards")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        help="DATA_DIR written by data_prep.build_shards (a blend: its folders, in the training "
+        "run's order; weights, if given as W:DIR, do not matter to the cache)",
+    )
     p.add_argument("--teacher", help="the teacher: a Hugging Face masked-LM folder")
     p.add_argument("--out", required=True, help="CACHE_DIR")
     p.add_argument(
@@ -145,8 +154,9 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
 
     if not args.data or not args.teacher:
         raise UserError("--data and --teacher are required")
-    data_dir, teacher_dir = Path(args.data), Path(args.teacher)
-    manifest = load_manifest(data_dir)
+    corpus = Corpus(parse_sources(args.data, need_weights=False))
+    teacher_dir = Path(args.teacher)
+    manifest = corpus.manifest
     if args.mode == "topk":
         if args.samples is not None:
             raise UserError("--samples is for --mode sample; top-k mode takes --top-k K")
@@ -171,7 +181,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
     seed, temperature = run.train.seed, run.loss.temperature
     if not (teacher_dir / "config.json").is_file():
         raise UserError(f"{teacher_dir}: not a Hugging Face model folder (no config.json)")
-    check_model_tokenizer(teacher_dir, manifest, data_dir)
+    check_model_tokenizer(teacher_dir, manifest, corpus.sources[0].path)
     teacher_config = AutoConfig.from_pretrained(str(teacher_dir))
     check_model_fits(teacher_config, manifest, str(teacher_dir))
     teacher_vocab = int(teacher_config.vocab_size)
@@ -192,7 +202,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
     if samples:
         settings["samples"] = samples
     return Job(
-        data_dir=data_dir,
+        corpus=corpus,
         teacher_dir=teacher_dir,
         out=Path(args.out),
         manifest=manifest,
@@ -200,7 +210,9 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
         seed=seed,
         temperature=temperature,
         settings=settings,
-        ident=tc.identity(teacher_fp["fingerprint"], data_dir, manifest, spec, seed, temperature),
+        ident=tc.identity(
+            teacher_fp["fingerprint"], corpus.content_fingerprint, manifest, spec, seed, temperature
+        ),
         teacher_files=teacher_fp["files"],
         batch_size=args.batch_size,
         attn=args.attn,
@@ -230,8 +242,7 @@ def check_plan(job: Job) -> bool:
 def planned_rows(job: Job, shard_nos: list[int]) -> int:
     """Masked positions of these shards (one view), counted exactly from their tokens."""
     return sum(
-        int(tc.masked_counts(IndexedReader(job.data_dir / job.shards[i]["path"]), job.spec).sum())
-        for i in shard_nos
+        int(tc.masked_counts(IndexedReader(job.shard_prefix(i)), job.spec).sum()) for i in shard_nos
     )
 
 

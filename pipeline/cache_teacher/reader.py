@@ -29,6 +29,7 @@ from pipeline.cache_teacher.format import (
     teacher_fingerprint,
 )
 from pipeline.config import Config, RunPaths
+from pipeline.corpus import Corpus
 from pipeline.masking import IGNORE_INDEX, masking_spec
 
 
@@ -159,7 +160,7 @@ class TeacherCache:
         return torch.from_numpy(id_arr.astype(np.int64)), self.to_logp(val_arr)
 
 
-def open_cache(cfg: Config, paths: RunPaths, manifest: dict[str, Any]) -> TeacherCache:
+def open_cache(cfg: Config, paths: RunPaths, corpus: Corpus) -> TeacherCache:
     """The run's teacher cache, after checking that it was built for exactly this run.
 
     Refuses (one-line :class:`UserError`) a cache of another teacher, tokenizer, data, seq_len,
@@ -175,10 +176,11 @@ def open_cache(cfg: Config, paths: RunPaths, manifest: dict[str, Any]) -> Teache
             f"--teacher-cache {folder}: the cache holds the teacher's logits at masked positions only, "
             "but loss.ce_positions is 'all'; set --loss.ce_positions masked or train without the cache"
         )
+    manifest = corpus.manifest
     spec = masking_spec(manifest, cfg.masking)
     run = identity(
         teacher_fingerprint(paths.teacher)["fingerprint"],
-        paths.data,
+        corpus.content_fingerprint,
         manifest,
         spec,
         cfg.train.seed,
@@ -187,7 +189,7 @@ def open_cache(cfg: Config, paths: RunPaths, manifest: dict[str, Any]) -> Teache
     diffs = identity_differences(cm["identity"], run)
     if diffs:
         cmd = rebuild_command(
-            paths.data,
+            " ".join(s.path for s in paths.sources),
             paths.teacher,
             settings,
             spec.fingerprint(),

@@ -165,10 +165,11 @@ def process_shard(
     shard = job.shards[shard_no]
     path = shard["path"]
     remove_stale_temporaries(job.out, path)
-    reader = IndexedReader(job.data_dir / path)
+    prefix = job.shard_prefix(shard_no)
+    reader = IndexedReader(prefix)
     if len(reader) != shard["num_sequences"]:
         raise UserError(
-            f"{job.data_dir / path}.idx: {len(reader)} sequences, the manifest says {shard['num_sequences']}; run python -m data_prep.verify {job.data_dir}"
+            f"{prefix}.idx: {len(reader)} sequences, the manifest says {shard['num_sequences']}; run python -m data_prep.verify {prefix.parent.parent}"
         )
     expected = tc.masked_counts(reader, job.spec)
     pad_id = int(job.manifest["special_ids"]["pad"])

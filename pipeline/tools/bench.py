@@ -143,7 +143,7 @@ class Bench:
 
         cfg = Config()
         cfg.model.teacher = str(self.teacher)
-        cfg.data.data = str(data)
+        cfg.data.data = [str(data)]
         cfg.data.num_workers = 2
         cfg.train.output = str(out)
         cfg.train.resume = "none"
@@ -173,7 +173,7 @@ class Bench:
         from pipeline.cache_teacher.__main__ import main as cache_teacher
 
         cache_teacher([
-            "--data", cfg.data.data, "--teacher", cfg.model.teacher, "--out", cfg.data.teacher_cache,
+            "--data", cfg.data.data[0], "--teacher", cfg.model.teacher, "--out", cfg.data.teacher_cache,
             "--top-k", "32", "--views", "1", "--seed", str(cfg.train.seed),
         ])  # fmt: skip
 
