@@ -98,7 +98,7 @@ def test_workers_1_and_2_write_identical_bytes(
     out = tmp_path / "w2"
     prep.build(
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
-        "--output", out, "--workers", "2", "--valid-fraction", "0.05",
+        "--output", out, "--workers", "2", "--valid-fraction", "0.05", "--unit-max-files", "1",
     )  # fmt: skip
     assert prep.tree(out) == prep.tree(small_data_dir)  # every file, manifest and parts included
 
@@ -115,6 +115,7 @@ def test_array_split_equals_local_run(
     common = [
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
         "--output", out, "--workers", "1", "--valid-fraction", "0.05", "--num-shards", "2",
+        "--unit-max-files", "1",
     ]  # fmt: skip
     prep.build(*common, "--shard-index", "1")
     assert not (out / "manifest.json").exists()
@@ -139,7 +140,7 @@ def test_slurm_array_environment_picks_the_task(
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")  # task index 1 of 3: unit 1 only
     prep.build(
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
-        "--output", out, "--num-shards", "3",
+        "--output", out, "--num-shards", "3", "--unit-max-files", "1",
     )  # fmt: skip
     assert sorted(p.name for p in (out / "parts").glob("unit-*.json")) == ["unit-00001.json"]
 
@@ -301,16 +302,12 @@ def test_every_input_kind(tmp_path: Path, wordpiece_tokenizer: Path, prep: Any) 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     plan = json.loads((tmp_path / "out" / "prep_plan.json").read_text())
-    assert [u["kind"] for u in plan["units"]] == [
-        "jsonl",
-        "jsonl",
-        "parquet",
-        "arrow",
-        "arrow",
-        "arrow",
-        "hf",
-        "hf",
-        "hf",
+    # small files grouped into one unit; the datasets cut at rows; hf:FOLDER read as its file
+    assert [u["kind"] for u in plan["units"]] == ["group", "arrow", "arrow", "arrow", "jsonl"]
+    assert [m[1:3] for m in plan["units"][0]["members"]] == [
+        ["jsonl", "gz"],
+        ["jsonl", "zst"],
+        ["parquet", ""],
     ]
     prep.check_round_trip(tmp_path / "out", [t for p in parts for t in p], wordpiece_tokenizer)
 
@@ -514,7 +511,7 @@ def test_rerun_with_other_settings_is_refused(
         with pytest.raises(SystemExit) as exc:
             prep.build(
                 "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--output", out,
-                "--valid-fraction", "0.05", *change,
+                "--valid-fraction", "0.05", "--unit-max-files", "1", *change,
             )  # fmt: skip
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
@@ -551,7 +548,7 @@ def test_rerun_redoes_only_the_unfinished_unit(
     time.sleep(0.01)
     prep.build(
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
-        "--output", out, "--workers", "2", "--valid-fraction", "0.05",
+        "--output", out, "--workers", "2", "--valid-fraction", "0.05", "--unit-max-files", "1",
     )  # fmt: skip
     assert "skipping 2 finished unit(s) of 3" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "finished units were rewritten"
