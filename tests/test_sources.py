@@ -356,12 +356,20 @@ def test_cut_text() -> None:
 def test_choose_cut_prefers_a_natural_boundary_within_the_bound() -> None:
     blank = RULES["blank"]
     buf = b"para one\nline\n\npara two goes on\n\npara three\n"
-    assert choose_cut(buf, 3, blank, 100, eof=True) == (15, False)  # after the first blank line
-    assert choose_cut(buf, 17, blank, 100, eof=True) == (33, False)
+    assert choose_cut(buf, 3, blank, 100, eof=True) == (15, False, 0)  # after the blank line
+    assert choose_cut(buf, 17, blank, 100, eof=True) == (33, False, 0)
+    assert choose_cut(buf, 35, blank, 100, eof=True) == (len(buf), False, 0)  # the end
+    # no boundary yet and the bound not reached: it asks for more bytes
+    cut, _, need = choose_cut(buf, 35, blank, 100, eof=False)
+    assert cut == -1 and need > len(buf)
     # no blank line within the bound: the last newline before it, counted as forced
-    assert choose_cut(b"aaaa\nbbbb\ncccc\ndddd\n", 2, blank, 12, eof=False) == (10, True)
-    # no newline either: a UTF-8 character boundary
-    assert choose_cut("é".encode() * 10, 2, blank, 5, eof=False) == (4, True)
+    assert choose_cut(b"aaaa\nbbbb\ncccc\ndddd\n", 2, blank, 12, eof=False) == (10, True, 0)
+    # no newline: the last space; not even a space: a UTF-8 character boundary
+    assert choose_cut(b"aaaa bbbb cccc dddd", 2, blank, 12, eof=False) == (10, True, 0)
+    assert choose_cut("é".encode() * 10, 2, blank, 5, eof=False) == (4, True, 0)
+    # a JSON line is parsed whole: it may grow past --max-doc-mb
+    line = b'{"text": "' + b"x " * 100 + b'"}\n'
+    assert choose_cut(line + line, 2, RULES["jsonl"], 12, eof=True) == (len(line), False, 0)
 
 
 def test_pieces_are_bounded_whatever_the_layout(tmp_path: Path) -> None:
@@ -450,3 +458,14 @@ def test_binary_files_in_a_corpus_folder_are_counted_not_read(tmp_path: Path) ->
         f"{tmp_path / 'corpus' / 'cover.jpg'}:byte 4",
         f"{tmp_path / 'corpus' / 'data.bin'}:byte 2",
     ]
+
+
+def test_a_json_line_longer_than_the_bound_is_parsed_whole_then_cut(tmp_path: Path) -> None:
+    words = [f"w{i}" for i in range(50000)]  # about 300 KB of text in one JSON line
+    path = tmp_path / "books.jsonl"
+    path.write_text(
+        json.dumps({"text": " ".join(words)}) + "\n" + json.dumps({"text": "next"}) + "\n"
+    )
+    got, stats = documents([str(path)], max_doc=100_000, piece_bytes=10_000)
+    assert stats.bad.total == 0 and stats.cuts == len(got) - 2 >= 2
+    assert " ".join(got[:-1]).split(" ") == words and got[-1] == "next"

@@ -67,11 +67,11 @@ def sniff_kind(head: bytes, known: str = "") -> tuple[str, int]:
     nul = head.find(b"\x00")
     if nul >= 0:
         return "binary", nul
+    start = head.lstrip()[:16]
+    if start.startswith((b"<doc ", b"<doc>")) and known in ("", "txt"):
+        return "wikiextractor", 0  # WikiExtractor's output, even renamed to .txt
     if known:
         return known, 0
-    start = head.lstrip()[:16]
-    if start.startswith((b"<doc ", b"<doc>")):
-        return "wikiextractor", 0
     if start.startswith(b"<mediawiki"):
         return "mediawiki", 0
     try:

@@ -26,7 +26,7 @@ from data_prep.sources.compressed import (
     read_dump_index,
 )
 from data_prep.sources.inputs import TEXT_KINDS, Input, expand_inputs
-from data_prep.sources.rules import RULES, Rule, choose_cut
+from data_prep.sources.rules import BLOCK, RULES, Rule, choose_cut
 from data_prep.sources.tables import dataset_rows, hf_stream_shards, parquet_row_groups
 from data_prep.sources.units import WorkUnit
 
@@ -44,18 +44,18 @@ def unit_ranges(
 ) -> Iterator[tuple[int, int, bool]]:
     """(start, end, forced) of the units of one stream: each ends at the first record boundary
     after ``start + unit_bytes`` (see :func:`~data_prep.sources.rules.choose_cut`)."""
-    limit = rule.max_record or max_doc
     start = 0
     while True:
         target = start + unit_bytes
-        lo = max(start, target - limit)
-        want = target - lo + limit + 1
-        window = read_at(lo, want)
-        eof = len(window) < want
-        if eof and lo + len(window) <= target:
-            yield start, lo + len(window), False
-            return
-        cut, forced = choose_cut(window, target - lo, rule, max_doc, eof)
+        lo = max(start, target - max_doc)
+        want = target - lo + BLOCK
+        while True:
+            window = read_at(lo, want)
+            eof = len(window) < want
+            cut, forced, need = choose_cut(window, target - lo, rule, max_doc, eof)
+            if cut >= 0:
+                break
+            want = need
         yield start, lo + cut, forced
         if eof and cut == len(window):
             return

@@ -57,18 +57,15 @@ def stream_pieces(
     """Pieces of ``fh`` (positioned at ``span[0]``) up to ``span[1]`` (< 0: the end)."""
     start, end = span
     head_cut, tail_cut_at_end = cuts
-    limit = rule.max_record or opts.max_doc_bytes
-    target = min(opts.piece_bytes, limit)
-    want = target + limit + 1
+    target = min(opts.piece_bytes, opts.max_doc_bytes)
+    want = target + BLOCK
     remaining = end - start if end >= 0 else -1
     buf, pos, eof = b"", start, False
     while True:
         parts = [buf]
         have = len(buf)
         while have < want and not eof:
-            n = max(want - have, BLOCK)
-            if remaining >= 0:
-                n = min(n, remaining)
+            n = want - have if remaining < 0 else min(want - have, remaining)
             chunk = fh.read(n) if n else b""
             if not chunk:
                 eof = True
@@ -79,7 +76,10 @@ def stream_pieces(
         buf = b"".join(parts)
         if not buf:
             return
-        cut, forced = choose_cut(buf, target, rule, opts.max_doc_bytes, eof)
+        cut, forced, need = choose_cut(buf, target, rule, opts.max_doc_bytes, eof)
+        if cut < 0:
+            want = need
+            continue
         data, buf = buf[:cut], buf[cut:]
         last = eof and not buf
         yield Piece(
@@ -91,6 +91,7 @@ def stream_pieces(
             line += data.count(b"\n")
         if last:
             return
+        want = target + BLOCK
 
 
 class UnitReader:

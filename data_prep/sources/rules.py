@@ -18,9 +18,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# A MediaWiki page is at most 2 MiB of wikitext; XML escaping can double it. A page rule never
-# cuts inside a page below this bound, whatever --max-doc-mb says (a cut page cannot be parsed).
-PAGE_MAX_RECORD = 64 << 20
+# A record that must be parsed whole (a MediaWiki page: at most 2 MiB of wikitext, XML escaping
+# can double it; a JSON line) is never cut below this bound, whatever --max-doc-mb says: a cut
+# page or line cannot be parsed. The document inside is then cut to --max-doc-mb as any other.
+WHOLE_RECORD_MAX = 64 << 20
+BLOCK = 1 << 20  # more bytes to read when a cut cannot be decided yet
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,10 @@ _BLANK = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
 RULES = {
     "blank": Rule("blank", _BLANK),
     "line": Rule("line", re.compile(rb"\n")),
-    "jsonl": Rule("jsonl", re.compile(rb"\n")),
+    "jsonl": Rule("jsonl", re.compile(rb"\n"), WHOLE_RECORD_MAX),
     "file": Rule("file", None),
     "wikiextractor": Rule("wikiextractor", re.compile(rb"\n</doc>[ \t\r]*\n|\n(?=<doc[ >])")),
-    "page": Rule("page", re.compile(rb"</page>[ \t\r]*\n"), PAGE_MAX_RECORD),
+    "page": Rule("page", re.compile(rb"</page>[ \t\r]*\n"), WHOLE_RECORD_MAX),
 }
 TXT_DOCS = ("blank", "line", "file")
 
@@ -74,32 +76,33 @@ def utf8_cut(buf: bytes, pos: int, floor: int) -> int:
     return i if i > floor else pos
 
 
-def choose_cut(buf: bytes, target: int, rule: Rule, max_doc: int, eof: bool) -> tuple[int, bool]:
-    """Where to end the piece that starts at ``buf[0]``: ``(cut, forced)``.
+def choose_cut(
+    buf: bytes, target: int, rule: Rule, max_doc: int, eof: bool
+) -> tuple[int, bool, int]:
+    """Where to end the piece that starts at ``buf[0]``: ``(cut, forced, 0)``, or ``(-1, False,
+    need)`` when ``need`` bytes must be read before deciding (``eof``: ``buf`` is all there is).
 
-    ``buf[0]`` is a record start (or the start of a search window). The caller passes at least
-    ``target + limit + 1`` bytes unless ``eof`` (``limit``: the rule's record bound). The record
-    that contains ``target`` starts at its last boundary ``d`` before ``target`` (looked for
-    within ``limit`` bytes); the cut is the first boundary after ``target`` if the record ends
-    within ``limit`` bytes of ``d``, else a forced cut after the last newline (else space) by
-    ``d + limit``.
+    ``buf[0]`` is a record start or the start of a search window. The record that contains
+    ``target`` starts at its last boundary ``d`` within ``max_doc`` bytes before it; the cut is
+    the first boundary after ``target`` if it comes within the rule's record bound (--max-doc-mb,
+    or WHOLE_RECORD_MAX) of ``d``; else a forced cut after the last newline (else space) before
+    that bound. The decision depends on the bytes only, never on how they were read.
     """
-    limit = rule.max_record or max_doc
     n = len(buf)
-    if eof and n <= target:
-        return n, False
-    lo = max(0, target - limit)
+    if n <= target:
+        return (n, False, 0) if eof else (-1, False, target + BLOCK)
+    lo = max(0, target - max_doc)
     d = rule.last(buf, lo, target)
     if d < 0:
         d = lo
-    bound = d + limit
-    b = rule.find(buf, target, min(n, bound + 1))
-    if b >= 0 and b <= bound:
-        return b, False
-    if eof and n <= bound:
-        return n, False
+    bound = d + (rule.max_record or max_doc)
+    b = rule.find(buf, target, min(n, bound))
+    if b >= 0:
+        return b, False, 0
+    if n <= bound:
+        return (n, False, 0) if eof else (-1, False, min(max(2 * n, n + BLOCK), bound + 1))
     for sep in (b"\n", b" "):  # a line boundary, else (one huge line) a word boundary
         i = buf.rfind(sep, d, bound)
         if i >= 0:
-            return i + 1, True
-    return utf8_cut(buf, bound, d), True
+            return i + 1, True, 0
+    return utf8_cut(buf, bound, d), True, 0
