@@ -180,3 +180,20 @@ def test_page_xml_round_trips_markup_characters() -> None:
     xml = page_xml(page)
     assert "&amp;" in xml and BZ2_STREAM.search(bz2.compress(xml.encode()))
     assert wikitext_to_text(page.text) == "Q&A is bold & y."
+
+
+@pytest.mark.parametrize(
+    ("wikitext", "text"),
+    [
+        # braces inside math never unbalance the template count
+        ("A <math>x^{2}}}</math> b {{cite web|t={{x}}}} c.", "A b c."),
+        # an inline template inside a dropped one, and a kept one with a template inside
+        ("{{Infobox|x={{convert|1|km}}}}Go {{convert|3|km|{{x}}}} now.", "Go 3 km now."),
+        # a table at the start of a line, indented, with a template inside
+        ("Text.\n  {| class=x\n| {{flag|UK}} || 1\n|}\nMore.", "Text.\nMore."),
+        # an unclosed template is left to the parser, the text before it kept
+        ("Kept text. {{Unclosed", "Kept text. {{Unclosed"),
+    ],
+)
+def test_templates_and_tables_are_dropped_before_parsing(wikitext: str, text: str) -> None:
+    assert wikitext_to_text(wikitext) == text
