@@ -197,3 +197,19 @@ def test_page_xml_round_trips_markup_characters() -> None:
 )
 def test_templates_and_tables_are_dropped_before_parsing(wikitext: str, text: str) -> None:
     assert wikitext_to_text(wikitext) == text
+
+
+@pytest.mark.parametrize(
+    ("wikitext", "text"),
+    [
+        ("[[File:a.jpg|thumb|A [[b|caption]] here]]Then [[c]]s and [[d (x)|e]].", "Then cs and e."),
+        (
+            "[[:Category:Novels|novels]] [[Category:Novels]][[fr:Emma]] [[:fr:Emma|French]]",
+            "novels French",
+        ),
+        ("[[Emma#Plot]] and [[#Plot|the plot]] and [[wikt:ok|ok]].", "Emma and the plot and ok."),
+        ("A [[link with ''style'']] and [[a|b|c]].", "A link with style and b|c."),
+    ],
+)
+def test_links_are_resolved_as_the_parser_would(wikitext: str, text: str) -> None:
+    assert wikitext_to_text(wikitext) == text
