@@ -1,6 +1,7 @@
 """Data-prep throughput: build_shards against a naive per-line baseline, and the shard reader.
 
     python -m data_prep.bench [--mb 16] [--tokenizer tests/assets/bert-base-uncased] [--json]
+    python -m data_prep.bench --layouts [LAYOUT ...] [--mb 100] [--workers 2]
 
 Builds a corpus of about ``--mb`` MB by repeating the bundled Austen novels (decompressed into a
 temporary folder, as ``--files`` plain .txt files), then measures in the same run:
@@ -18,6 +19,11 @@ printed as one JSON line: name, seconds, mb (input MB; for the readers, MB of to
 mb_per_s, tokens (ids written, [CLS]/[SEP] included), tokens_per_s, speedup_vs_naive (the
 readers: against ``naive_read``). Without ``--json`` a table follows. Not a test: it asserts
 nothing except that both worker counts write the same bytes (``identical_to_w1``).
+
+``--layouts`` measures each corpus layout instead (blank-line txt, sentence-per-line txt, one
+.jsonl.zst, 5,000 small files, a multistream Wikipedia dump; ``--mb`` each, default 100): MB/s,
+tokens/s and peak RSS of the main process and the largest worker, beside the naive baseline
+(see :mod:`data_prep.bench_layouts`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.bench_layouts import LAYOUTS, bench_layout, print_table
 from data_prep.errors import UserError, cli_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -153,7 +160,16 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m data_prep.bench", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--mb", type=float, default=16, help="corpus size in MB (default 16)")
+    p.add_argument(
+        "--mb", type=float, help="corpus size in MB (default 16; with --layouts 100 each)"
+    )
+    p.add_argument(
+        "--layouts",
+        nargs="*",
+        metavar="LAYOUT",
+        help=f"measure corpus layouts instead (default all: {' '.join(LAYOUTS)})",
+    )
+    p.add_argument("--workers", type=int, default=2, help="build_shards workers for --layouts")
     p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER), help="tokenizer folder")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--files", type=int, default=8, help="number of .txt files (default 8)")
@@ -164,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.naive_baseline:  # the subprocess side: OUT FILE ...
         naive_baseline(args.tokenizer, args.naive_baseline[1:], args.naive_baseline[0])
         return
+    if args.layouts is not None:
+        layouts_main(args)
+        return
+    args.mb = 16 if args.mb is None else args.mb
     if args.mb <= 0 or args.files < 1:
         raise UserError("--mb must be positive and --files at least 1")
     if not Path(args.tokenizer).exists():
@@ -235,6 +255,36 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['name']:<18}{r['seconds']:>9.2f}{r['mb_per_s']:>9.2f}{r['tokens_per_s']:>12,}{speed:>9}",
                 file=sys.stderr,
             )
+
+
+def layouts_main(args: argparse.Namespace) -> None:
+    unknown = sorted(set(args.layouts) - set(LAYOUTS))
+    if unknown:
+        raise UserError(f"unknown layout {', '.join(unknown)}; choose from {', '.join(LAYOUTS)}")
+    mb = 100 if args.mb is None else args.mb
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="distil-bench-"))
+    rows: list[dict[str, Any]] = []
+
+    def emit(rec: dict[str, Any]) -> None:
+        rows.append(rec)
+        print(json.dumps(rec), flush=True)
+
+    load = os.getloadavg()
+    print(
+        f"# load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} CPUs",
+        file=sys.stderr,
+    )
+    try:
+        for name in args.layouts or LAYOUTS:
+            bench_layout(name, work, mb, args.tokenizer, args.workers, emit)
+            if not args.keep:
+                shutil.rmtree(work / name, ignore_errors=True)
+                shutil.rmtree(work / f"{name}-shards", ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if not args.json:
+        print_table(rows)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,18 @@ from pathlib import Path
 
 from data_prep.atomic import atomic_dir
 from data_prep.errors import UserError, cli_main
-from data_prep.sources import BadInput, iter_documents, plan_units
+from data_prep.sources import DocStats, ReadOptions, iter_documents, plan_units
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def corpus_texts(inputs: list[str], text_field: str, max_docs: int | None = None) -> Iterator[str]:
     """The documents of ``inputs``, in order, at most ``max_docs`` of them."""
-    bad = BadInput()
+    stats = DocStats()
+    opts = ReadOptions(text_field=text_field)
     n = 0
     for unit in plan_units(inputs, unit_bytes=1 << 62, unit_rows=1 << 62):
-        for text in iter_documents(unit, text_field, bad):
+        for text in iter_documents(unit, opts, stats):
             yield text
             n += 1
             if max_docs is not None and n >= max_docs:

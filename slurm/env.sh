@@ -44,8 +44,10 @@ export TORCH_EXTENSIONS_DIR
 # All outputs live under DISTIL_WORK unless set one by one: a shared scratch file system with room
 # for the shards, the teacher cache and checkpoints (not your home quota, not the repo).
 : "${DISTIL_WORK:=${SCRATCH:-$HOME}/distil}"
-# build_shards --input: files, globs (quoted here, build_shards expands them), save_to_disk
-# folders or hf:NAME[:CONFIG], separated by spaces (no spaces inside a path).
+# build_shards --input: files, globs (quoted here, build_shards expands them), folders, Wikipedia
+# dumps (enwiki-*-pages-articles-multistream.xml.bz2, its index beside it), save_to_disk folders
+# or hf:NAME[:CONFIG], separated by spaces (no spaces inside a path). A folder of books, one per
+# file: add --txt-docs file to PREP_ARGS; BooksCorpus's sentence-per-line files: --txt-docs line.
 : "${CORPUS:=$DISTIL_HOME/data_prep/corpus/austen/*.txt.gz}"
 # The teacher: a Hugging Face masked-LM folder (save_pretrained output). Empty: MLM-only training.
 : "${TEACHER=$DISTIL_WORK/teacher}"
@@ -53,10 +55,11 @@ export TORCH_EXTENSIONS_DIR
 : "${TOKENIZER:=$TEACHER}"
 : "${SEQ_LEN:=128}"
 : "${DATA_DIR:=$DISTIL_WORK/data}"
-# Array tasks of slurm/submit_prep.sh; every input file (or ~1 GB piece of one) is a unit of work,
-# and the units are dealt round-robin to the tasks. More tasks than units leaves some idle.
+# Array tasks of slurm/submit_prep.sh; the corpus is cut into units of work of about 256 MB of text
+# (--unit-size-mb: small files grouped, large or compressed ones cut, dumps at bz2 streams), dealt
+# round-robin to the tasks. More tasks than units leaves some idle.
 : "${PREP_SHARDS:=4}"
-# More build_shards options, e.g. "--valid-fraction 0.005 --pack doc".
+# More build_shards options, e.g. "--valid-fraction 0.005 --pack doc --txt-docs line".
 : "${PREP_ARGS:=}"
 
 # --- teacher cache (optional) -------------------------------------------------------------------

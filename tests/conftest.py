@@ -280,12 +280,12 @@ def wordpiece_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_data_dir(
     tmp_path_factory: pytest.TempPathFactory, small_corpus: list[Path], wordpiece_tokenizer: Path
 ) -> Path:
-    """build_shards of ``small_corpus`` (seq-len 64, pack full, valid fraction 0.05). Read-only:
-    tests that change it work on a copy."""
+    """build_shards of ``small_corpus`` (seq-len 64, pack full, valid fraction 0.05, one unit
+    and so one shard per file). Read-only: tests that change it work on a copy."""
     out = tmp_path_factory.mktemp("data") / "small"
     Prep.build(
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
-        "--output", out, "--workers", "1", "--valid-fraction", "0.05",
+        "--output", out, "--workers", "1", "--valid-fraction", "0.05", "--unit-max-files", "1",
     )  # fmt: skip
     return out
 

@@ -98,7 +98,7 @@ def test_workers_1_and_2_write_identical_bytes(
     out = tmp_path / "w2"
     prep.build(
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
-        "--output", out, "--workers", "2", "--valid-fraction", "0.05",
+        "--output", out, "--workers", "2", "--valid-fraction", "0.05", "--unit-max-files", "1",
     )  # fmt: skip
     assert prep.tree(out) == prep.tree(small_data_dir)  # every file, manifest and parts included
 
@@ -115,6 +115,7 @@ def test_array_split_equals_local_run(
     common = [
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
         "--output", out, "--workers", "1", "--valid-fraction", "0.05", "--num-shards", "2",
+        "--unit-max-files", "1",
     ]  # fmt: skip
     prep.build(*common, "--shard-index", "1")
     assert not (out / "manifest.json").exists()
@@ -139,7 +140,7 @@ def test_slurm_array_environment_picks_the_task(
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")  # task index 1 of 3: unit 1 only
     prep.build(
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
-        "--output", out, "--num-shards", "3",
+        "--output", out, "--num-shards", "3", "--unit-max-files", "1",
     )  # fmt: skip
     assert sorted(p.name for p in (out / "parts").glob("unit-*.json")) == ["unit-00001.json"]
 
@@ -301,16 +302,12 @@ def test_every_input_kind(tmp_path: Path, wordpiece_tokenizer: Path, prep: Any) 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     plan = json.loads((tmp_path / "out" / "prep_plan.json").read_text())
-    assert [u["kind"] for u in plan["units"]] == [
-        "jsonl",
-        "jsonl",
-        "parquet",
-        "arrow",
-        "arrow",
-        "arrow",
-        "hf",
-        "hf",
-        "hf",
+    # small files grouped into one unit; the datasets cut at rows; hf:FOLDER read as its file
+    assert [u["kind"] for u in plan["units"]] == ["group", "arrow", "arrow", "arrow", "jsonl"]
+    assert [m[1:3] for m in plan["units"][0]["members"]] == [
+        ["jsonl", "gz"],
+        ["jsonl", "zst"],
+        ["parquet", ""],
     ]
     prep.check_round_trip(tmp_path / "out", [t for p in parts for t in p], wordpiece_tokenizer)
 
@@ -514,7 +511,7 @@ def test_rerun_with_other_settings_is_refused(
         with pytest.raises(SystemExit) as exc:
             prep.build(
                 "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--output", out,
-                "--valid-fraction", "0.05", *change,
+                "--valid-fraction", "0.05", "--unit-max-files", "1", *change,
             )  # fmt: skip
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
@@ -551,7 +548,7 @@ def test_rerun_redoes_only_the_unfinished_unit(
     time.sleep(0.01)
     prep.build(
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
-        "--output", out, "--workers", "2", "--valid-fraction", "0.05",
+        "--output", out, "--workers", "2", "--valid-fraction", "0.05", "--unit-max-files", "1",
     )  # fmt: skip
     assert "skipping 2 finished unit(s) of 3" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "finished units were rewritten"
@@ -604,3 +601,132 @@ def test_sigkill_mid_run_then_rerun_is_identical(tmp_path: Path, prep: Any) -> N
     assert f"skipping {done} finished unit(s) of 4" in rerun.stderr
     assert temporaries(out) == []
     assert prep.tree(out) == prep.tree(reference)
+
+
+# --- layouts of issue 13: many files, big compressed files, Wikipedia ---------------------------
+def write_layouts(root: Path, prep: Any) -> list[Path]:
+    """A .jsonl.zst of several units, a multistream dump with its index, a folder of 120 small
+    book files (one with a long sentence-per-line chapter), a WikiExtractor folder."""
+    import zstandard
+
+    from data_prep.synth import make_pages, write_dump, write_wikiextractor
+
+    root.mkdir(parents=True, exist_ok=True)
+    paras = prep.txt_documents(AUSTEN / "emma.txt.gz")
+    jl = root / "big.jsonl.zst"
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in paras[:1500])
+    jl.write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    pages = [p.page if hasattr(p, "page") else p for p in make_pages(200_000, seed=5)]
+    write_dump(root / "enwiki-1-pages-articles-multistream.xml.bz2", pages, pages_per_stream=4)
+    books = root / "books"
+    books.mkdir()
+    for i in range(120):
+        (books / f"{i:03d}.txt").write_text("\n".join(paras[1500 + 3 * i : 1503 + 3 * i]) + "\n")
+    (books / "999-long.txt").write_text(
+        "".join(f"Sentence {i} of a long chapter.\n" for i in range(4000))
+    )
+    arts = [(i, f"T{i}", paras[2000 + i]) for i in range(200)]
+    write_wikiextractor(root / "extracted", arts, file_bytes=2000)
+    return [jl, root / "enwiki-1-pages-articles-multistream.xml.bz2", books, root / "extracted"]
+
+
+def test_layouts_write_identical_bytes_whatever_the_workers_and_tasks(
+    tmp_path: Path, wordpiece_tokenizer: Path, prep: Any
+) -> None:
+    inputs = write_layouts(tmp_path / "in", prep)
+    common = [
+        "--input", *inputs, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
+        "--unit-size-mb", "0.05", "--max-doc-mb", "0.05", "--txt-docs", "file",
+    ]  # fmt: skip
+    outs = {}
+    for workers in ("1", "2"):
+        outs[workers] = tmp_path / f"w{workers}"
+        prep.build(*common, "--output", outs[workers], "--workers", workers)
+    plan = json.loads((outs["1"] / "prep_plan.json").read_text())
+    kinds = [u["kind"] for u in plan["units"]]
+    assert kinds.count("jsonl") >= 2 and kinds.count("mwdump") >= 2 and "group" in kinds
+    assert all(u["compression"] == "zst" for u in plan["units"] if u["kind"] == "jsonl")
+    array = tmp_path / "array"
+    for index in ("0", "1"):
+        prep.build(
+            *common,
+            "--output",
+            array,
+            "--workers",
+            "2",
+            "--num-shards",
+            "2",
+            "--shard-index",
+            index,
+        )
+    prep.build("--output", array, "--finalize")
+    assert prep.tree(outs["1"]) == prep.tree(outs["2"]) == prep.tree(array)
+    manifest = json.loads((outs["1"] / "manifest.json").read_text())
+    stats = manifest["stats"]
+    assert stats["cut_documents"] >= 2  # the 120 KB chapter, cut at 50 KB
+    assert stats["skipped"]["redirect"] > 3 and stats["bad"]["counts"] == {}
+    assert prep.cli("data_prep.verify", outs["1"]).returncode == 0
+
+
+def test_cuts_are_reported_in_the_summary(
+    tmp_path: Path, wordpiece_tokenizer: Path, prep: Any
+) -> None:
+    book = tmp_path / "sentences.txt"  # BooksCorpus's layout: a sentence per line, no blank line
+    book.write_text("".join(f"Sentence {i} of the book, with a few words.\n" for i in range(20000)))
+    for txt_docs, cuts in (("blank", True), ("line", False)):
+        proc = prep.cli(
+            "data_prep.build_shards", "--input", book, "--tokenizer", wordpiece_tokenizer,
+            "--seq-len", "128", "--output", tmp_path / txt_docs, "--txt-docs", txt_docs,
+            "--max-doc-mb", "0.1", "--quiet",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        manifest = json.loads((tmp_path / txt_docs / "manifest.json").read_text())
+        docs = sum(manifest["stats"]["documents"].values())
+        if cuts:  # 900 KB in documents of at most 100 KB
+            assert manifest["stats"]["cut_documents"] == docs - 1 and 9 <= docs <= 12
+            assert f"cut {docs - 1} time(s) at line boundaries" in proc.stdout
+        else:
+            assert manifest["stats"]["cut_documents"] == 0 and docs == 20000
+            assert "cut " not in proc.stdout
+
+
+def test_bad_layouts_are_counted_then_refused_or_skipped(
+    tmp_path: Path, wordpiece_tokenizer: Path, prep: Any
+) -> None:
+    """A dump with a broken stream, a WikiExtractor file with an unclosed <doc>, a folder with a
+    binary file: above the limit one line and nothing kept; under it the job goes on."""
+    from data_prep.sources.compressed import read_dump_index
+    from data_prep.synth import make_pages, write_dump
+
+    dump = tmp_path / "enwiki-2-pages-articles-multistream.xml.bz2"
+    pages = [p.page if hasattr(p, "page") else p for p in make_pages(60_000, seed=9)]
+    index, _ = write_dump(dump, pages, pages_per_stream=5)
+    broken = sorted(read_dump_index(index))[2]
+    data = bytearray(dump.read_bytes())
+    data[broken + 50 : broken + 80] = bytes(30)
+    dump.write_bytes(bytes(data))
+    extracted = tmp_path / "extracted" / "AA"
+    extracted.mkdir(parents=True)
+    (extracted / "wiki_00").write_text(
+        '<doc id="1" url="u" title="A">\nA\n\nopen forever\n'
+        + "".join(
+            f'<doc id="{i}" url="u" title="B{i}">\nB{i}\n\nbody {i}\n</doc>\n' for i in range(2, 40)
+        )
+    )
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "book.txt").write_text("A book.\n")
+    (folder / "scan.pdf").write_bytes(b"%PDF-1.4\n" + bytes(100))
+    args = [
+        "--input", dump, tmp_path / "extracted", folder, "--tokenizer", wordpiece_tokenizer,
+        "--seq-len", "32", "--output", tmp_path / "out", "--txt-docs", "file",
+    ]  # fmt: skip
+    line = one_line_error(prep.cli("data_prep.build_shards", *args, "--quiet"))
+    assert f"100 broken_stream (first at {dump}:byte {broken})" in line
+    assert f"1 unclosed_doc (first at {extracted / 'wiki_00'}:1)" in line
+    assert f"1 binary (first at {folder / 'scan.pdf'}:byte 9)" in line
+    assert shard_files(tmp_path / "out") == [] and not (tmp_path / "out" / "manifest.json").exists()
+    proc = prep.cli("data_prep.build_shards", *args, "--max-bad-fraction", "0.9")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 102 unusable document(s)" in proc.stdout
+    assert "left out on purpose (not documents): " in proc.stdout and " redirect" in proc.stdout

@@ -66,7 +66,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer: Pat
     out = tmp_path_factory.mktemp("data") / "tiny"
     Prep.build(
         "--input", *inputs, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
-        "--output", out, "--workers", "1", "--valid-fraction", "0.05",
+        "--output", out, "--workers", "1", "--valid-fraction", "0.05", "--unit-max-files", "1",
     )  # fmt: skip
     assert len(load_manifest(out)["splits"]["train"]["shards"]) == 3
     return out

@@ -229,6 +229,7 @@ def test_prep_array_and_finalize_match_a_local_run(
 ) -> None:
     assert len(small_corpus) >= 2  # every input file is a unit: 2 tasks both get work
     settings = ["--seq-len", "64", "--valid-fraction", "0.05", "--seed", "7"]
+    settings += ["--unit-max-files", "1"]
     local = tmp_path / "local"
     prep.build(
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, *settings,
@@ -240,7 +241,7 @@ def test_prep_array_and_finalize_match_a_local_run(
         CORPUS=" ".join(map(str, small_corpus)),
         TOKENIZER=wordpiece_tokenizer,
         SEQ_LEN="64",
-        PREP_ARGS="--valid-fraction 0.05 --seed 7",
+        PREP_ARGS="--valid-fraction 0.05 --seed 7 --unit-max-files 1",
         DATA_DIR=data,
         PREP_SHARDS="2",
     )
@@ -402,7 +403,7 @@ def test_dependency_chain_prep_cache_pretrain_as_a_user_would(
         DISTIL_HOME="",
         CORPUS=" ".join(map(str, small_corpus)),
         TOKENIZER=wordpiece_tokenizer,
-        PREP_ARGS="--valid-fraction 0.05",
+        PREP_ARGS="--valid-fraction 0.05 --unit-max-files 1",
         DATA_DIR=data,
         TEACHER=teacher,
         CACHE_DIR=cache,

@@ -184,7 +184,7 @@ def test_the_advice_works(
     marker.unlink()
     prep.build(
         "--input", *small_corpus, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
-        "--output", data, "--workers", "1", "--valid-fraction", "0.05",
+        "--output", data, "--workers", "1", "--valid-fraction", "0.05", "--unit-max-files", "1",
     )  # fmt: skip
     capsys.readouterr()
     assert run(data, capsys)[0] == 0

@@ -105,10 +105,11 @@ class Demo:
         )  # fmt: skip
 
     def shards(self) -> None:
+        # one unit, so one shard, per novel: both ranks of the teacher cache get shards
         self.run(
             sys.executable, "-m", "data_prep.build_shards", "--input", CORPUS / "austen" / "*.txt.gz",
             "--tokenizer", self.w / "tokenizer", "--seq-len", "128", "--output", self.w / "data",
-            "--workers", "2", "--valid-fraction", "0.05",
+            "--workers", "2", "--valid-fraction", "0.05", "--unit-max-files", "1",
         )  # fmt: skip
 
     def teacher(self) -> None:
