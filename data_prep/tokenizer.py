@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.errors import UserError
+from data_prep.hub import resolve
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -56,6 +57,7 @@ class TokenizerInfo:
     special_ids: SpecialIds
     fingerprint: str
     files: dict[str, str] = field(default_factory=dict)
+    source: str = ""  # as the user named it: a path, or a hub ID resolved to ``path``
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,13 +68,17 @@ def _sha256(path: Path) -> str:
 
 
 class TextTokenizer:
-    """A tokenizer for batch encoding; construct it in each worker process from its path."""
+    """A tokenizer for batch encoding; construct it in each worker process from its path.
+
+    ``path``: a Hugging Face folder, a SentencePiece ``.model``, or a hub ID (resolved through the
+    hub cache, see :mod:`data_prep.hub`; the fingerprint is of the resolved files).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = resolve(path, "--tokenizer", "tokenizer")
         if not self.path.exists():
             raise UserError(
-                f"{self.path}: tokenizer not found; pass a Hugging Face tokenizer folder or a SentencePiece .model"
+                f"{self.path}: tokenizer not found; pass a Hugging Face tokenizer folder, a SentencePiece .model or a hub ID"
             )
         if self.path.is_file():
             self._load_sentencepiece()
@@ -85,6 +91,7 @@ class TextTokenizer:
             special_ids=self.special_ids,
             fingerprint=self._fingerprint(),
             files=self._file_hashes(),
+            source=str(path),
         )
 
     # -- loading ---------------------------------------------------------------------------
@@ -237,9 +244,17 @@ def check_model_tokenizer(
 ) -> bool:
     """Refuse a model folder whose tokenizer is not the one the shards were made with.
 
-    A folder without tokenizer files cannot be checked: a warning says so and it returns False.
+    Data made with a SentencePiece ``.model`` is checked against the copy of that file a model
+    folder carries (an export keeps it beside the converted Hugging Face tokenizer). A folder
+    without tokenizer files cannot be checked: a warning says so and it returns False.
     """
-    if not has_tokenizer_files(model_dir):
+    data_tok = manifest["tokenizer"]
+    spm_copy = Path(model_dir) / Path(data_tok["path"]).name
+    if data_tok.get("kind") == "sentencepiece" and spm_copy.is_file():
+        source = spm_copy
+    elif has_tokenizer_files(model_dir):
+        source = Path(model_dir)
+    else:
         print(
             f"warning: {model_dir} has no tokenizer files; cannot check it against the data's "
             "tokenizer",
@@ -247,13 +262,13 @@ def check_model_tokenizer(
             flush=True,
         )
         return False
-    mine = TextTokenizer(model_dir).info.fingerprint
-    theirs = manifest["tokenizer"]["fingerprint"]
+    mine = TextTokenizer(source).info.fingerprint
+    theirs = data_tok["fingerprint"]
     if mine != theirs:
         raise UserError(
             f"{model_dir}: its tokenizer (fingerprint {mine[:12]}) differs from the one "
             f"{data_dir}/manifest.json was built with ({theirs[:12]}, from "
-            f"{manifest['tokenizer']['path']}); rebuild the data with python -m "
+            f"{data_tok.get('source') or data_tok['path']}); rebuild the data with python -m "
             f"data_prep.build_shards --tokenizer {model_dir} ..."
         )
     return True

@@ -29,9 +29,10 @@ class ModelConfig:
     """The teacher, and the student derived from it (or the model of MLM-only training)."""
 
     teacher: str | None = None
-    """Hugging Face masked-LM folder of the teacher. Unset: MLM-only training of ``model``."""
+    """The teacher: a Hugging Face masked-LM folder or hub ID (``bert-base-uncased``; resolved
+    through the hub cache, HF_HUB_OFFLINE honoured). Unset: MLM-only training of ``model``."""
     model: str | None = None
-    """Without a teacher: a config.json or HF folder of the model to train with MLM only."""
+    """Without a teacher: a config.json, HF folder or hub ID of the model to train with MLM only."""
     student_layers: int = 0
     """Layers of the student; 0 = half the teacher's."""
     layer_map: list[int] | None = None

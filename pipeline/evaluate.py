@@ -1,10 +1,11 @@
 """Held-out evaluation of a masked LM, optionally against its teacher, and a downstream check.
 
-    python -m pipeline.evaluate --model HF_DIR_OR_RUN_DIR --data DATA_DIR [--teacher TEACHER_DIR]
+    python -m pipeline.evaluate --model HF_DIR_OR_RUN_DIR --data DATA_DIR [--teacher TEACHER]
         [--json OUT] [--samples N] [--classify TRAIN.jsonl TEST.jsonl]
 
 MLM accuracy and loss on the valid split use the masking contract of training (view 0, the run's
-seed), so the numbers are comparable with the trainer's periodic validation. With a teacher:
+seed), so the numbers are comparable with the trainer's periodic validation. Models and teachers
+are folders or hub IDs (:mod:`data_prep.hub`). With a teacher:
 the teacher's accuracy, top-1 agreement and KL(teacher || model) at T=1 on the same positions.
 ``--classify`` fine-tunes a sequence classifier from the model on a labelled jsonl (fields
 ``text`` and ``label``) and reports its test accuracy, as DistilBERT reports GLUE.
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from data_prep.atomic import write_json
 from data_prep.errors import UserError, cli_main
+from data_prep.hub import resolve
 from pipeline.batch import take_rows
 from pipeline.config import DEFAULT_SEED
 from pipeline.masking import EVAL_MASKING, IGNORE_INDEX, make_masker
@@ -82,8 +84,9 @@ def summarize(sums: torch.Tensor, with_teacher: bool) -> dict[str, float]:
     return metrics
 
 
-def load_model(spec: str) -> tuple[Any, Path | None]:
-    """A Hugging Face masked LM from an HF folder or a run folder; and its run folder, if any."""
+def load_model(spec: str) -> tuple[Any, Path | None, Path | None]:
+    """A Hugging Face masked LM from a run folder, an HF folder or a hub ID; and its run folder or
+    its HF folder (whichever it came from)."""
     from transformers import AutoModelForMaskedLM
 
     path = Path(spec)
@@ -91,10 +94,13 @@ def load_model(spec: str) -> tuple[Any, Path | None]:
         from pipeline.export import load_run_model
 
         model, _ = load_run_model(path)
-        return model, path
+        return model, path, None
+    path = resolve(spec, "--model")
     if not (path / "config.json").is_file():
-        raise UserError(f"--model {spec}: neither a Hugging Face model folder nor a run folder")
-    return AutoModelForMaskedLM.from_pretrained(str(path)), None
+        raise UserError(
+            f"--model {spec}: neither a Hugging Face model folder (or hub ID) nor a run folder"
+        )
+    return AutoModelForMaskedLM.from_pretrained(str(path)), None, path
 
 
 def _run_seed(run_dir: Path | None, default: int) -> int:
@@ -228,14 +234,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.evaluate", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--model", required=True, help="HF folder or RUN_DIR of pipeline.train")
+    p.add_argument("--model", required=True, help="HF folder, hub ID or RUN_DIR of pipeline.train")
     p.add_argument(
         "--data",
         required=True,
         nargs="+",
         help="DATA_DIR (its valid split is used); several (W:DIR) for a blend's",
     )
-    p.add_argument("--teacher", help="teacher HF folder: adds agreement and KL")
+    p.add_argument("--teacher", help="teacher HF folder or hub ID: adds agreement and KL")
     p.add_argument("--json", help="write the metrics here")
     p.add_argument("--samples", type=int, default=4096, help="valid sequences to score")
     p.add_argument("--batch-size", type=int, default=32)
@@ -252,12 +258,13 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries()
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, run_dir = load_model(args.model)
+    model, run_dir, model_dir = load_model(args.model)
     teacher = None
     if args.teacher:
         from pipeline.models import load_teacher
 
-        teacher = load_teacher(args.teacher, "sdpa", need_head=True).model
+        teacher_dir = resolve(args.teacher, "--teacher")
+        teacher = load_teacher(str(teacher_dir), "sdpa", need_head=True).model
     seed = args.seed if args.seed is not None else _run_seed(run_dir, DEFAULT_SEED)
     result: dict[str, Any] = {"model": args.model, "params": count_parameters(model)}
     result["mlm"] = mlm_metrics(
@@ -265,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.classify:
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(args.model)
+            folder = model_dir or Path(args.model)
             if run_dir is not None:
                 from pipeline.export import export
 

@@ -9,12 +9,14 @@ one-line error instead of leaving ranks waiting in a collective.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from data_prep.hub import resolve
 from data_prep.tokenizer import check_model_tokenizer
 from pipeline.cache_teacher.reader import TeacherCache, open_cache
 from pipeline.config import Config, RunPaths
@@ -57,7 +59,18 @@ def _no_forward_note(cfg: Config) -> str:
     return f"no teacher forward: {why}"
 
 
+def resolve_models(paths: RunPaths) -> RunPaths:
+    """The teacher and the MLM model as local folders: hub IDs resolved through the hub cache."""
+    return dataclasses.replace(
+        paths,
+        teacher=str(resolve(paths.teacher, "--teacher")) if paths.teacher else None,
+        model=str(resolve(paths.model, "--model")) if paths.model else None,
+    )
+
+
 def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) -> Plan:
+    """Every file of the run read and checked; ``Plan.paths`` holds the resolved local folders."""
+    paths = resolve_models(paths)
     corpus = Corpus(paths.sources)
     manifest = corpus.manifest
     engine = engine_settings(cfg, env.world_size, device.type)

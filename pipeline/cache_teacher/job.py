@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from data_prep.errors import UserError
+from data_prep.hub import resolve as resolve_hub_id
 from data_prep.indexed import IndexedReader
 from data_prep.manifest import shard_prefix
 from data_prep.tokenizer import check_model_tokenizer
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="DATA_DIR written by data_prep.build_shards (a blend: its folders, in the training "
         "run's order; weights, if given as W:DIR, do not matter to the cache)",
     )
-    p.add_argument("--teacher", help="the teacher: a Hugging Face masked-LM folder")
+    p.add_argument("--teacher", help="the teacher: a Hugging Face masked-LM folder or hub ID")
     p.add_argument("--out", required=True, help="CACHE_DIR")
     p.add_argument(
         "--mode", choices=tc.MODES, default="topk", help="topk (default) or sample (RS-KD)"
@@ -155,7 +156,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
     if not args.data or not args.teacher:
         raise UserError("--data and --teacher are required")
     corpus = Corpus(parse_sources(args.data, need_weights=False))
-    teacher_dir = Path(args.teacher)
+    teacher_dir = resolve_hub_id(args.teacher, "--teacher")
     manifest = corpus.manifest
     if args.mode == "topk":
         if args.samples is not None:

@@ -190,7 +190,7 @@ def open_cache(cfg: Config, paths: RunPaths, corpus: Corpus) -> TeacherCache:
     if diffs:
         cmd = rebuild_command(
             " ".join(s.path for s in paths.sources),
-            paths.teacher,
+            cfg.model.teacher or paths.teacher,  # as the user named it (a hub ID stays an ID)
             settings,
             spec.fingerprint(),
             cfg.train.seed,
