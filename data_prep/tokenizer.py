@@ -197,6 +197,10 @@ class TextTokenizer:
         )
         return flat, lengths
 
+    def piece(self, token_id: int) -> str:
+        """The vocabulary entry of one id (``[MASK]``, ``<pad>``, ``##ing``, ``▁the``)."""
+        return self._vocab_in_order[token_id]
+
     def decode(self, ids: list[int]) -> str:
         if self._sp is not None:
             return str(self._sp.DecodeIds(ids))
@@ -218,8 +222,9 @@ class TextTokenizer:
         return {n: _sha256(self.path / n) for n in TOKENIZER_FILES if (self.path / n).is_file()}
 
 
-def bert_tokenizer_from_vocab(vocab_file: Path, lowercase: bool = True) -> Any:
-    """A BERT fast tokenizer from a bare ``vocab.txt``, built with ``tokenizers`` directly.
+def bert_tokenizer_from_vocab(vocab_file: Path, lowercase: bool = True, **kwargs: Any) -> Any:
+    """A BERT fast tokenizer from a bare ``vocab.txt``, built with ``tokenizers`` directly
+    (``kwargs``: more tokenizer settings, such as ``model_input_names``).
 
     (``BertTokenizerFast(vocab_file=...)`` silently yields a 5-token vocabulary in transformers 5,
     whose constructor takes ``vocab=``; this works on every version.)
@@ -228,7 +233,7 @@ def bert_tokenizer_from_vocab(vocab_file: Path, lowercase: bool = True) -> Any:
     from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     inner = BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase, strip_accents=lowercase)
-    return BertTokenizerFast(tokenizer_object=inner._tokenizer, do_lower_case=lowercase)
+    return BertTokenizerFast(tokenizer_object=inner._tokenizer, do_lower_case=lowercase, **kwargs)
 
 
 HF_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
