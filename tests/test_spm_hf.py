@@ -60,3 +60,13 @@ def test_converted_tokenizer_gives_the_sentencepiece_ids(model_type: str, tmp_pa
     assert set(tok("one")) == {"input_ids", "attention_mask"}
     ids = tok("She was glad to see him.")["input_ids"]
     assert tok.decode(ids, skip_special_tokens=True) == sp.DecodeIds(ids[1:-1])
+
+
+def test_a_file_that_is_no_sentencepiece_model_is_one_clear_error(tmp_path: Path) -> None:
+    from data_prep.errors import UserError
+
+    bad = tmp_path / "x.model"
+    for content in (b"\xff\xff\xff", b"", b"\x0a\x05ab"):  # bad varint, empty, cut short
+        bad.write_bytes(content)
+        with pytest.raises(UserError, match="not a readable SentencePiece model"):
+            sentencepiece_to_hf(bad, SPECIAL, ["input_ids"])
