@@ -49,9 +49,10 @@ export TORCH_EXTENSIONS_DIR
 # or hf:NAME[:CONFIG], separated by spaces (no spaces inside a path). A folder of books, one per
 # file: add --txt-docs file to PREP_ARGS; BooksCorpus's sentence-per-line files: --txt-docs line.
 : "${CORPUS:=$DISTIL_HOME/data_prep/corpus/austen/*.txt.gz}"
-# The teacher: a Hugging Face masked-LM folder (save_pretrained output). Empty: MLM-only training.
+# The teacher: a Hugging Face masked-LM folder (save_pretrained output) or hub ID (bert-base-uncased,
+# fetched beforehand on a login node: see HF_HOME below). Empty: MLM-only training.
 : "${TEACHER=$DISTIL_WORK/teacher}"
-# The tokenizer the shards are made with: the teacher's (a HF tokenizer folder or a .model file).
+# The tokenizer the shards are made with: the teacher's (a HF tokenizer folder or hub ID, or a .model file).
 : "${TOKENIZER:=$TEACHER}"
 : "${SEQ_LEN:=128}"
 : "${DATA_DIR:=$DISTIL_WORK/data}"
@@ -101,8 +102,9 @@ export OMP_NUM_THREADS
 #                                        # reaches MASTER_ADDR, see pipeline/launch.py)
 #   export NCCL_DEBUG=INFO               # prints the transports NCCL chose (IB, NVLink, socket)
 #   export TORCH_NCCL_ASYNC_ERROR_HANDLING=1   # a rank with an NCCL error aborts, never hangs
-# Compute nodes without internet: the teacher and tokenizer are local folders anyway.
-#   export HF_HUB_OFFLINE=1
+# Hub IDs (TEACHER=bert-base-uncased) resolve through the Hugging Face cache under HF_HOME. Compute
+# nodes without internet: on a login node `HF_HOME=<shared dir> hf download ID`, then here:
+#   export HF_HOME=/shared/scratch/$USER/huggingface HF_HUB_OFFLINE=1
 
 # Rendezvous of the ranks of one job: the first node of the allocation, and a port derived from
 # the job id (the same after a requeue; distinct for jobs that share a node) by the one formula,
