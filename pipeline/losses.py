@@ -16,7 +16,7 @@ Every loss is computed in fp32 on the rows it needs:
   attention distributions per non-pad query; teacher heads averaged in groups, one per student
   head;
 * ``relation_kl``: MiniLMv2's loss of one relation (Q-Q, K-K or V-V) against
-  ``relation_log_probs`` of the teacher: X of each model is split into R relation heads of size
+  ``relation_probs`` of the teacher: X of each model is split into R relation heads of size
   d_r = H / R, the relation of head r is softmax(X_r X_r^T / sqrt(d_r)) over the non-pad keys,
   and the loss is KL(teacher || student) per non-pad query row, averaged over rows and heads.
 
@@ -166,9 +166,10 @@ def attention_loss(
         pairs = (valid[:, None, :, None] & valid[:, None, None, :]).to(sq.dtype).expand_as(sq)
         return (sq * pairs).sum() / pairs.sum()
     log_q = _mask_keys(scores, valid).log_softmax(-1)
-    # p log p - p log q, with 0 log 0 = 0 at pad keys (where p is exactly 0)
-    kl = (torch.xlogy(target, target) - target * log_q).sum(-1)
-    return _row_mean(kl, valid)
+    # p log p - p log q, with 0 log 0 = 0 at pad keys (where p is exactly 0); p log p is constant
+    with torch.no_grad():
+        neg_entropy = torch.xlogy(target, target).sum(-1)
+    return _row_mean(neg_entropy - (target * log_q).sum(-1), valid)
 
 
 def relation_log_probs(x: torch.Tensor, heads: int, valid: torch.Tensor | None) -> torch.Tensor:
@@ -176,14 +177,23 @@ def relation_log_probs(x: torch.Tensor, heads: int, valid: torch.Tensor | None) 
     return _mask_keys(scaled_dot(x, x, heads), valid).log_softmax(-1)
 
 
+def relation_probs(x: torch.Tensor, heads: int, valid: torch.Tensor | None) -> torch.Tensor:
+    """[B, R, S, S]: softmax(X_r X_r^T / sqrt(d_r)) over the non-pad keys (0 at pad keys)."""
+    return _mask_keys(scaled_dot(x, x, heads), valid).softmax(-1)
+
+
 def relation_kl(
     student_x: torch.Tensor,
-    teacher_log_p: torch.Tensor,
+    teacher_p: torch.Tensor,
     heads: int,
     valid: torch.Tensor | None,
 ) -> torch.Tensor:
     """MiniLMv2's loss of one relation: KL(teacher || student) per non-pad query row, averaged
-    over rows and the R relation heads."""
+    over rows and the R relation heads. ``teacher_p`` is :func:`relation_probs` of the teacher."""
     log_q = relation_log_probs(student_x, heads, valid)
-    kl = F.kl_div(log_q, teacher_log_p, log_target=True, reduction="none").sum(-1)
+    # sum p log p is a constant: computed outside the graph, so that the backward pass keeps only
+    # the student's log-probabilities (and the teacher's target), one map per relation
+    with torch.no_grad():
+        neg_entropy = torch.xlogy(teacher_p, teacher_p).sum(-1)
+    kl = neg_entropy - (teacher_p * log_q).sum(-1)
     return _row_mean(kl, valid)

@@ -23,7 +23,7 @@ import torch
 from pipeline.alignment import Alignment, capture_qkv, qkv_layers_teacher
 from pipeline.batch import DeviceBatch, take_rows
 from pipeline.config import LossConfig
-from pipeline.losses import attention_target, relation_log_probs
+from pipeline.losses import attention_target, relation_probs
 from pipeline.models import MaskedLM
 
 
@@ -38,7 +38,7 @@ class TeacherTargets:
     layers: list[torch.Tensor] | None = None  # M x [P, H]: teacher layer map(j) at non-pad rows
     hidden: list[torch.Tensor] | None = None  # 1 + M x [P, H]: embeddings, then layer map(j)
     attention: list[torch.Tensor] | None = None  # M x [B, h_S, S, S]: attention_target of map(j)
-    relations: list[torch.Tensor] | None = None  # Q-Q, K-K, V-V: [B, R, S, S] log-probabilities
+    relations: list[torch.Tensor] | None = None  # Q-Q, K-K, V-V: [B, R, S, S] probabilities
 
 
 class TeacherSource(Protocol):
@@ -107,9 +107,7 @@ class OnlineTeacher:
                 ]
             if loss.alpha_relation > 0:
                 t = al.relation_layers[0]
-                out.relations = [
-                    relation_log_probs(qkv[t, x], al.relation_heads, valid) for x in "qkv"
-                ]
+                out.relations = [relation_probs(qkv[t, x], al.relation_heads, valid) for x in "qkv"]
         return out
 
 

@@ -16,7 +16,7 @@ from pipeline.losses import (
     layer_sum_mse,
     mlm_loss,
     relation_kl,
-    relation_log_probs,
+    relation_probs,
     sparse_kd_loss,
 )
 
@@ -194,8 +194,8 @@ def test_relation_kl_across_widths_and_heads(relation_heads: int) -> None:
     into R relation heads of 12/R and 8/R; KL per non-pad row of softmax(X_r X_r^T / sqrt(d_r))."""
     teacher_x = _qkv(2, 5, 12, 4)[2]
     student_x = _qkv(2, 5, 8, 5)[2]
-    log_p = relation_log_probs(teacher_x, relation_heads, VALID)
-    got = relation_kl(student_x, log_p, relation_heads, VALID).item()
+    p = relation_probs(teacher_x, relation_heads, VALID)
+    got = relation_kl(student_x, p, relation_heads, VALID).item()
     total, rows = 0.0, 0
     for b in range(2):
         keys = [j for j in range(5) if VALID[b, j]]
@@ -208,11 +208,11 @@ def test_relation_kl_across_widths_and_heads(relation_heads: int) -> None:
     assert got == pytest.approx(total / rows, rel=1e-5)
     # unpadded: every row counts
     full = relation_kl(
-        student_x, relation_log_probs(teacher_x, relation_heads, None), relation_heads, None
+        student_x, relation_probs(teacher_x, relation_heads, None), relation_heads, None
     )
     assert full.item() > 0
     assert relation_kl(
-        teacher_x, relation_log_probs(teacher_x, relation_heads, VALID), relation_heads, VALID
+        teacher_x, relation_probs(teacher_x, relation_heads, VALID), relation_heads, VALID
     ).item() == pytest.approx(0, abs=1e-6)
 
 
@@ -221,14 +221,14 @@ def test_pad_positions_change_nothing() -> None:
     tq, tk, tv = _qkv(2, 5, 12, 6)
     sq, sk, sv = _qkv(2, 5, 8, 7)
     before = [
-        relation_kl(sv, relation_log_probs(tv, 4, VALID), 4, VALID),
+        relation_kl(sv, relation_probs(tv, 4, VALID), 4, VALID),
         attention_loss(sq, sk, 2, attention_target(tq, tk, 2, 1, "scores", VALID), "scores", VALID),
         attention_loss(sq, sk, 2, attention_target(tq, tk, 2, 1, "probs", VALID), "probs", VALID),
     ]
     for x in (tq, tk, tv, sq, sk, sv):
         x[1, 3:] = 1e3
     after = [
-        relation_kl(sv, relation_log_probs(tv, 4, VALID), 4, VALID),
+        relation_kl(sv, relation_probs(tv, 4, VALID), 4, VALID),
         attention_loss(sq, sk, 2, attention_target(tq, tk, 2, 1, "scores", VALID), "scores", VALID),
         attention_loss(sq, sk, 2, attention_target(tq, tk, 2, 1, "probs", VALID), "probs", VALID),
     ]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pipeline.alignment import Alignment, projection_shapes, resolve_alignment
 from pipeline.batch import DeviceBatch, take_rows
 from pipeline.config import LossConfig
-from pipeline.losses import cosine_loss, kd_loss, mlm_loss, relation_kl, relation_log_probs
+from pipeline.losses import cosine_loss, kd_loss, mlm_loss, relation_kl, relation_probs
 from pipeline.models import MaskedLM, load_teacher
 from pipeline.objective import STUDENT_PREFIX, StudentWithLoss, student_weights
 from pipeline.student import Shape, build_student
@@ -158,8 +158,8 @@ def test_tinybert_and_minilm_terms_against_a_direct_computation(tiny_teacher: Pa
             (t_layer.query, s_layer.q_lin), (t_layer.key, s_layer.k_lin),
             (t_layer.value, s_layer.v_lin),
         ):  # fmt: skip
-            log_p = relation_log_probs(t_lin(t_in), 2, valid)
-            rel += relation_kl(s_lin(s_in), log_p, 2, valid)
+            p_t = relation_probs(t_lin(t_in), 2, valid)
+            rel += relation_kl(s_lin(s_in), p_t, 2, valid)
     expected = {"hid": hid, "att": att, "rel": rel}
     for key, value in expected.items():
         assert terms[key].item() == pytest.approx(float(value), rel=1e-4), key
