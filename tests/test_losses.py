@@ -240,3 +240,37 @@ def test_layer_sum_mse_sums_layers() -> None:
     s = [torch.zeros(4, 3), torch.ones(4, 3)]
     t = [torch.ones(4, 3), torch.ones(4, 3) * 3]
     assert layer_sum_mse(s, t).item() == pytest.approx(1 + 4)
+
+
+def test_attention_losses_keep_about_two_maps_per_map_for_backward() -> None:
+    """The memory the README states: per distilled [heads, S, S] map, the teacher's target and
+    about one student map are held for the backward pass (measured with saved-tensor hooks)."""
+    s, heads = 128, 12
+    one_map = 4 * heads * s * s
+    g = torch.Generator().manual_seed(0)
+    tq, tk, tv = (torch.randn(1, s, 96, generator=g) for _ in range(3))
+    sq, sk, sv = (torch.randn(1, s, 48, generator=g).requires_grad_() for _ in range(3))
+    valid = torch.ones(1, s, dtype=torch.bool)
+    valid[0, -5:] = False
+
+    def held(fn, targets):  # type: ignore[no-untyped-def]
+        seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in targets}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(seen.values())
+
+    rel_targets = [relation_probs(x, heads, valid) for x in (tq, tk, tv)]
+    rel = held(
+        lambda: [relation_kl(x, t, heads, valid) for x, t in zip((sq, sk, sv), rel_targets)],
+        rel_targets,
+    )
+    assert 6 * one_map <= rel <= 6.5 * one_map  # three relations, two maps each
+    for kind in ("scores", "probs"):
+        target = attention_target(tq, tk, heads, 1, kind, valid)
+        att = held(lambda: attention_loss(sq, sk, heads, target, kind, valid), [target])  # noqa: B023
+        assert 2 * one_map <= att <= 2.3 * one_map, kind
