@@ -65,3 +65,34 @@ def test_hooks_capture_only_the_asked_projections_and_always_go(tiny_teacher: Pa
     with pytest.raises(RuntimeError), capture_qkv(teacher, {0: "qkv"}):
         raise RuntimeError("a failing forward")
     assert not any(m._forward_hooks for i in range(4) for m in teacher.qkv(i))
+
+
+@pytest.mark.slow
+def test_hooks_work_under_torch_compile() -> None:
+    """--model.compile true with an attention loss: a compiled encoder gives the captured Q/K/V
+    and their gradients of the eager one, and hooking the same layers every step compiles once."""
+    from torch._dynamo.utils import counters
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    from pipeline.models import MaskedLM
+
+    cfg = DistilBertConfig(
+        vocab_size=100, dim=32, n_heads=2, n_layers=2, hidden_dim=64, max_position_embeddings=32,
+        dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    compiled, eager = MaskedLM(DistilBertForMaskedLM(cfg)), MaskedLM(DistilBertForMaskedLM(cfg))
+    eager.load_state_dict(compiled.state_dict())
+    compiled.compile_encoder()
+    ids = torch.randint(5, 100, (2, 16))
+    counters.clear()
+    grads = []
+    for model in (compiled, eager):
+        for _ in range(3):
+            model.zero_grad()
+            with capture_qkv(model, {0: "qk", 1: "v"}) as cap:
+                last, _ = model.encode(ids, None)
+            (cap[1, "v"].square().sum() + cap[0, "q"].sum() + last.sum()).backward()
+        grads.append(model.model.distilbert.transformer.layer[0].attention.q_lin.weight.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1
