@@ -21,6 +21,17 @@ from data_prep.errors import UserError
 from pipeline.corpus import Source, parse_sources
 
 DEFAULT_SEED = 56
+LOSS_WEIGHTS = (
+    "alpha_ce",
+    "alpha_mlm",
+    "alpha_cos",
+    "alpha_mse",
+    "alpha_hidden",
+    "alpha_attn",
+    "alpha_relation",
+)
+INTERNAL_LOSSES = ("alpha_cos", "alpha_mse", "alpha_hidden", "alpha_attn", "alpha_relation")
+"""The losses on the teacher's internals: they need the online teacher, cache or not."""
 TeacherDtype = Literal["auto", "fp16", "bf16", "fp32"]
 
 
@@ -35,10 +46,26 @@ class ModelConfig:
     """Without a teacher: a config.json, HF folder or hub ID of the model to train with MLM only."""
     student_layers: int = 0
     """Layers of the student; 0 = half the teacher's."""
+    student_hidden: int = 0
+    """Hidden size (width) of the student; 0 = the teacher's."""
+    student_heads: int = 0
+    """Attention heads of the student; 0 = the teacher's at the teacher's width, else the
+    teacher's head size is kept (student_hidden / teacher head size)."""
+    student_intermediate: int = 0
+    """FFN size of the student; 0 = the teacher's FFN-to-width ratio times the student's width."""
+    student_config: str | None = None
+    """A config.json (BERT or DistilBERT key names) giving the student's layers, hidden size, heads
+    and FFN size; a student_* field set as well must agree with it."""
     layer_map: list[int] | None = None
     """Teacher layer (0-based) that initialises and supervises each student layer; None = default map."""
-    init: Literal["teacher", "random"] = "teacher"
-    """Student initialisation: ``teacher`` (mapped teacher layers, embeddings, MLM head) or ``random``."""
+    layer_map_rule: Literal["distilbert", "tinybert"] = "distilbert"
+    """Default layer map: ``distilbert`` (evenly spread, first and last included: 12 -> 6 gives
+    0,2,4,7,9,11) or ``tinybert`` (the top layer of each of M equal blocks: 12 -> 4 gives 2,5,8,11)."""
+    init: Literal["teacher", "select", "random"] = "teacher"
+    """Student initialisation: ``teacher`` (copy of the mapped teacher layers, embeddings and MLM
+    head; the teacher's width only), ``select`` (weight selection, Xu et al. 2023: a consistent
+    subset of the teacher's neurons in every layer, for any narrower student; equal to
+    ``teacher`` at the teacher's width) or ``random``."""
     teacher_dtype: TeacherDtype = "auto"
     """Teacher weights: auto (fp16 on GPU, fp32 on CPU), fp16, bf16 or fp32."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
@@ -63,6 +90,30 @@ class LossConfig:
     """Weight of 1 - cos(last hidden states) over non-pad positions."""
     alpha_mse: float = 0.0
     """Weight b of (1/M) sum_j MSE(h_S^j, h_T^map(j)) over the M student layers."""
+    alpha_hidden: float = 0.0
+    """Weight of TinyBERT's hidden-state loss: MSE(E_S W_e, E_T) of the embeddings plus, for every
+    student layer j, MSE(h_S^j W_h, h_T^map(j)), summed; W_e, W_h are learned projections (student
+    width -> teacher width), checkpointed with the run and left out of the export. Any widths."""
+    alpha_attn: float = 0.0
+    """Weight of TinyBERT's attention loss: for every student layer j, the distance between its
+    attention and teacher layer map(j)'s (loss.attn_target), mean over heads, summed over layers.
+    Teacher heads are averaged in consecutive groups of h_T / h_S, one group per student head."""
+    attn_target: Literal["scores", "probs"] = "scores"
+    """``scores``: MSE of the scaled scores QK^T/sqrt(d) over non-pad query-key pairs (TinyBERT);
+    ``probs``: KL(teacher || student) of the attention distributions per non-pad query."""
+    alpha_relation: float = 0.0
+    """Weight of MiniLMv2's self-attention relation loss: for X = Q, K, V of one teacher and one
+    student layer, each split into relation_heads heads X_r, KL(teacher || student) of
+    softmax(X_r X_r^T / sqrt(d_r)) per non-pad query, averaged, summed over Q-Q, K-K and V-V.
+    Any widths and head counts."""
+    relation_heads: int = 0
+    """Relation heads R (must divide both widths); 0 = the teacher's attention heads, or the
+    largest number below that divides both widths."""
+    relation_teacher_layer: int = -1
+    """Teacher layer of the relations (0-based; negative counts from the end): -1, the last, is
+    MiniLMv2's choice for base-size teachers; for large ones the paper takes an upper-middle layer."""
+    relation_student_layer: int = -1
+    """Student layer of the relations (0-based; negative counts from the end): -1, the last (MiniLMv2)."""
     ce_positions: Literal["masked", "all"] = "masked"
     """Positions of the distillation loss: ``masked`` or ``all`` (every non-pad position)."""
 
@@ -176,8 +227,9 @@ class Config:
 
     @property
     def hidden_losses(self) -> bool:
-        """A loss on the teacher's hidden states is on: the teacher must run, cache or not."""
-        return self.distilling and (self.loss.alpha_cos > 0 or self.loss.alpha_mse > 0)
+        """A loss on the teacher's internals (hidden states, attention, relations) is on: the
+        teacher must run, teacher cache or not (the cache carries logits only)."""
+        return self.distilling and any(getattr(self.loss, name) > 0 for name in INTERNAL_LOSSES)
 
 
 @dataclass(frozen=True)
@@ -221,13 +273,19 @@ def validate(cfg: Config) -> RunPaths:
         raise UserError("pass --output RUN_DIR")
     if cfg.loss.temperature <= 0:
         raise UserError("loss.temperature must be positive")
-    weights = [cfg.loss.alpha_ce, cfg.loss.alpha_mlm, cfg.loss.alpha_cos, cfg.loss.alpha_mse]
+    weights = [getattr(cfg.loss, name) for name in LOSS_WEIGHTS]
     if any(w < 0 for w in weights):
         raise UserError("loss weights must be >= 0")
+    m = cfg.model
+    shape = [m.student_layers, m.student_hidden, m.student_heads, m.student_intermediate]
+    if min(shape) < 0 or cfg.loss.relation_heads < 0:
+        raise UserError("model.student_* sizes and loss.relation_heads must be >= 0 (0 = default)")
     if not cfg.distilling and cfg.loss.alpha_mlm <= 0:
         raise UserError("MLM-only training (no --teacher) needs loss.alpha_mlm > 0")
     if cfg.distilling and sum(weights) <= 0:
-        raise UserError("every loss weight is 0: set at least one of loss.alpha_ce/mlm/cos/mse")
+        raise UserError(
+            "every loss weight is 0: set at least one of loss.alpha_ce/mlm/cos/mse/hidden/attn/relation"
+        )
     check_masking(cfg.masking)
     t = cfg.train
     if t.global_batch_size < 1 or t.micro_batch_size < 0:

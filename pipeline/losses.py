@@ -8,7 +8,20 @@ Every loss is computed in fp32 on the rows it needs:
   sparse teacher covers the whole vocabulary;
 * ``mlm_loss``: cross-entropy at the masked positions;
 * ``cosine_loss``: 1 - cos(h_S, h_T) of the last hidden states, mean over non-pad positions;
-* ``hidden_mse_loss``: (1/M) sum_j MSE(h_S^j, h_T^map(j)) over the M student layers.
+* ``hidden_mse_loss``: (1/M) sum_j MSE(h_S^j, h_T^map(j)) over the M student layers;
+* ``layer_sum_mse``: sum_j MSE(h_S^j W, h_T^j), TinyBERT's embedding and hidden-state loss (the
+  projection W is applied by the caller, :mod:`pipeline.objective`);
+* ``attention_loss``: TinyBERT's attention loss at one layer, against ``attention_target``: MSE
+  of the scaled scores QK^T/sqrt(d) over non-pad query-key pairs, or KL(teacher || student) of the
+  attention distributions per non-pad query; teacher heads averaged in groups, one per student
+  head;
+* ``relation_kl``: MiniLMv2's loss of one relation (Q-Q, K-K or V-V) against
+  ``relation_probs`` of the teacher: X of each model is split into R relation heads of size
+  d_r = H / R, the relation of head r is softmax(X_r X_r^T / sqrt(d_r)) over the non-pad keys,
+  and the loss is KL(teacher || student) per non-pad query row, averaged over rows and heads.
+
+The attention losses take Q, K, V as the projections output them, [B, S, H] with the heads side
+by side, and ``valid`` [B, S] (True at non-pad positions; None when nothing is padded).
 
 Their weighted sum, the module the engine trains, is :mod:`pipeline.objective`.
 """
@@ -79,3 +92,108 @@ def hidden_mse_loss(
         for s, t in zip(student_layers, teacher_layers, strict=True)
     )
     return total / len(student_layers)  # type: ignore[return-value]
+
+
+def layer_sum_mse(
+    student_layers: list[torch.Tensor], teacher_layers: list[torch.Tensor]
+) -> torch.Tensor:
+    """sum over the layers of MSE(student, teacher): TinyBERT's L_embd + sum_m L_hidn (weights 1)."""
+    total = sum(
+        F.mse_loss(s.float(), t.float())
+        for s, t in zip(student_layers, teacher_layers, strict=True)
+    )
+    return total  # type: ignore[return-value]
+
+
+_MASKED = -1e9  # a key at a pad position: exp() is exactly 0 in fp32, and nothing is inf or nan
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, S, H] -> [B, heads, S, H / heads] in fp32 (the layout of multi-head attention)."""
+    b, s, h = x.shape
+    return x.float().view(b, s, heads, h // heads).transpose(1, 2)
+
+
+def scaled_dot(x: torch.Tensor, y: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, heads, S, S]: X_h Y_h^T / sqrt(d_h) per head (attention scores when X = Q, Y = K)."""
+    xs, ys = split_heads(x, heads), split_heads(y, heads)
+    return xs @ ys.transpose(-1, -2) * xs.shape[-1] ** -0.5
+
+
+def _mask_keys(scores: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    return scores if valid is None else scores.masked_fill(~valid[:, None, None, :], _MASKED)
+
+
+def _row_mean(per_row: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of [B, h, S] over the non-pad rows (and heads)."""
+    if valid is None:
+        return per_row.mean()
+    weight = valid[:, None, :].to(per_row.dtype).expand_as(per_row)
+    return (per_row * weight).sum() / weight.sum()
+
+
+def attention_target(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    heads: int,
+    groups: int,
+    kind: str,
+    valid: torch.Tensor | None,
+) -> torch.Tensor:
+    """The teacher's side of ``attention_loss``, [B, heads / groups, S, S]: the scaled scores
+    (``scores``) or the attention probabilities over non-pad keys (``probs``), averaged over each
+    group of ``groups`` consecutive heads (an average of distributions is a distribution)."""
+    scores = scaled_dot(q, k, heads)
+    maps = scores if kind == "scores" else _mask_keys(scores, valid).softmax(-1)
+    b, h, s, _ = maps.shape
+    return maps.view(b, h // groups, groups, s, s).mean(2)
+
+
+def attention_loss(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    heads: int,
+    target: torch.Tensor,
+    kind: str,
+    valid: torch.Tensor | None,
+) -> torch.Tensor:
+    """TinyBERT's attention loss of one layer: the student's Q, K against the teacher's target."""
+    scores = scaled_dot(q, k, heads)
+    if kind == "scores":
+        sq = (scores - target).square()
+        if valid is None:
+            return sq.mean()
+        pairs = (valid[:, None, :, None] & valid[:, None, None, :]).to(sq.dtype).expand_as(sq)
+        return (sq * pairs).sum() / pairs.sum()
+    log_q = _mask_keys(scores, valid).log_softmax(-1)
+    # p log p - p log q, with 0 log 0 = 0 at pad keys (where p is exactly 0); p log p is constant
+    with torch.no_grad():
+        neg_entropy = torch.xlogy(target, target).sum(-1)
+    return _row_mean(neg_entropy - (target * log_q).sum(-1), valid)
+
+
+def relation_log_probs(x: torch.Tensor, heads: int, valid: torch.Tensor | None) -> torch.Tensor:
+    """[B, R, S, S]: log softmax(X_r X_r^T / sqrt(d_r)) over the non-pad keys, R = ``heads``."""
+    return _mask_keys(scaled_dot(x, x, heads), valid).log_softmax(-1)
+
+
+def relation_probs(x: torch.Tensor, heads: int, valid: torch.Tensor | None) -> torch.Tensor:
+    """[B, R, S, S]: softmax(X_r X_r^T / sqrt(d_r)) over the non-pad keys (0 at pad keys)."""
+    return _mask_keys(scaled_dot(x, x, heads), valid).softmax(-1)
+
+
+def relation_kl(
+    student_x: torch.Tensor,
+    teacher_p: torch.Tensor,
+    heads: int,
+    valid: torch.Tensor | None,
+) -> torch.Tensor:
+    """MiniLMv2's loss of one relation: KL(teacher || student) per non-pad query row, averaged
+    over rows and the R relation heads. ``teacher_p`` is :func:`relation_probs` of the teacher."""
+    log_q = relation_log_probs(student_x, heads, valid)
+    # sum p log p is a constant: computed outside the graph, so that the backward pass keeps only
+    # the student's log-probabilities (and the teacher's target), one map per relation
+    with torch.no_grad():
+        neg_entropy = torch.xlogy(teacher_p, teacher_p).sum(-1)
+    kl = neg_entropy - (teacher_p * log_q).sum(-1)
+    return _row_mean(kl, valid)

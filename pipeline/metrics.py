@@ -24,6 +24,9 @@ import torch
 from data_prep.atomic import atomic_open
 from pipeline.dist import reduce_on_device
 
+PROGRESS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "hid", "att", "rel")
+"""The loss terms of the progress line (metrics.jsonl and TensorBoard get every term)."""
+
 
 def truncate_after(path: Path, step: int) -> None:
     """Drop records with a step beyond ``step`` (work that the resumed run will redo)."""
@@ -88,9 +91,7 @@ class RunLogger:
         done = step - self.start_step
         elapsed = time.perf_counter() - self.start_time
         eta = elapsed / max(done, 1) * (self.max_steps - step)
-        terms = " ".join(
-            f"{k}={_fmt(record[k])}" for k in ("loss", "ce", "mlm", "cos", "mse") if k in record
-        )
+        terms = " ".join(f"{k}={_fmt(record[k])}" for k in PROGRESS_TERMS if k in record)
         scale = f" scale={record['loss_scale']:.0f}" if "loss_scale" in record else ""
         print(
             f"step {step}/{self.max_steps} {terms} lr={record['lr']:.3e}{scale} "

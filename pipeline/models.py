@@ -74,14 +74,31 @@ def num_layers(config: Any) -> int:
     return int(getattr(config, "num_hidden_layers", None) or config.n_layers)
 
 
+_DIMS = (
+    ("num_hidden_layers", "n_layers"),
+    ("hidden_size", "dim"),
+    ("num_attention_heads", "n_heads"),
+    ("intermediate_size", "hidden_dim"),
+)
+
+
+def model_dims(config: Any) -> tuple[int, int, int, int]:
+    """(layers, hidden size, attention heads, FFN size) of a BERT-family or DistilBERT config
+    (a config object or its dict); 0 for what it does not say."""
+    raw = config if isinstance(config, dict) else config.to_dict()
+    dims = [int(raw.get(bert) or raw.get(distil) or 0) for bert, distil in _DIMS]
+    return dims[0], dims[1], dims[2], dims[3]
+
+
 class MaskedLM(nn.Module):
     """A Hugging Face masked LM seen through two calls: ``encode`` and ``head``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, has_head: bool = True) -> None:
         super().__init__()
         self.model = model
         self.family = model_family(model)
         self.encoder_attr = FAMILIES[self.family][0]
+        self.has_head = has_head  # False: an encoder checkpoint with a fresh, untrained MLM head
 
     @property
     def config(self) -> Any:
@@ -102,6 +119,16 @@ class MaskedLM(nn.Module):
             kwargs["token_type_ids"] = torch.zeros_like(input_ids)
         out = getattr(self.model, self.encoder_attr)(**kwargs)
         return out.last_hidden_state, (out.hidden_states if all_layers else None)
+
+    def qkv(self, layer: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """The query, key and value projections (``nn.Linear``) of ``layer``: their outputs, [B, S, H]
+        with the heads side by side, are what the attention losses read (by forward hooks)."""
+        m: Any = self.model
+        if self.family == "distilbert":
+            att = m.distilbert.transformer.layer[layer].attention
+            return att.q_lin, att.k_lin, att.v_lin
+        att = getattr(m, self.encoder_attr).encoder.layer[layer].attention.self
+        return att.query, att.key, att.value
 
     def compile_encoder(self) -> None:
         """torch.compile the encoder: the bulk of the FLOPs, on batches of (almost always) one shape.
@@ -159,7 +186,7 @@ def load_teacher(path: str, attn: str, need_head: bool) -> MaskedLM:
             "checkpoint, pretrain one with MLM first, or set loss.alpha_ce 0 and loss.alpha_mlm 0"
         )
     model.eval().requires_grad_(False)
-    return MaskedLM(model)
+    return MaskedLM(model, has_head=not head_missing)
 
 
 def set_dropout(cfg: Any, dropout: float | None) -> None:

@@ -18,13 +18,14 @@ import torch
 
 from data_prep.hub import resolve
 from data_prep.tokenizer import check_model_tokenizer
+from pipeline.alignment import Alignment, projection_shapes, resolve_alignment
 from pipeline.cache_teacher.reader import TeacherCache, open_cache
 from pipeline.config import Config, RunPaths
 from pipeline.corpus import Corpus
 from pipeline.ds_config import EngineSettings, engine_settings
 from pipeline.launch import DistEnv
 from pipeline.models import MaskedLM, check_model_fits, load_mlm_model, load_teacher, model_shape
-from pipeline.student import build_student
+from pipeline.student import Shape, student_from_config
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Plan:
     student: MaskedLM
     teacher: MaskedLM | None  # None when no loss needs a teacher forward
     layer_map: list[int]
+    alignment: Alignment | None  # None for MLM-only training
     max_steps: int
     identity: dict[str, Any]
     teacher_cache: TeacherCache | None = None
@@ -52,7 +54,7 @@ def teacher_forward_needed(cfg: Config, cached: bool) -> bool:
 def _no_forward_note(cfg: Config) -> str:
     if cfg.loss.alpha_ce > 0:
         why = "logits come from the teacher cache"
-    elif cfg.model.init == "teacher":
+    elif cfg.model.init in ("teacher", "select"):
         why = "no teacher loss is on (the teacher only initialised the student)"
     else:
         why = "no teacher loss is on (the teacher only set its shape)"
@@ -83,13 +85,13 @@ def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) ->
             paths.teacher, cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
         )
         check_model_fits(teacher_full.config, manifest, paths.teacher)
-        student, layer_map = build_student(
-            teacher_full,
-            cfg.model.student_layers,
-            cfg.model.layer_map,
+        student, layer_map = student_from_config(teacher_full, cfg.model)
+        alignment = resolve_alignment(
+            cfg.loss,
+            Shape.of(teacher_full.config),
+            Shape.of(student.config),
+            layer_map,
             cfg.model.init,
-            cfg.model.attn_implementation,
-            cfg.model.dropout,
         )
         if teacher_forward_needed(cfg, cached):
             teacher = teacher_full
@@ -99,14 +101,15 @@ def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) ->
         assert paths.model is not None  # validate(): one of teacher and model
         student = load_mlm_model(paths.model, cfg.model.attn_implementation, cfg.model.dropout)
         check_model_fits(student.config, manifest, paths.model)
-        layer_map = []
+        layer_map, alignment = [], None
     cache = None
     if cached:
         cache = open_cache(cfg, paths, corpus)
         notes.extend(cache.notes)
         if cfg.hidden_losses:
             notes.append(
-                "teacher cache in use for the logits, but a hidden-state loss is on: the teacher still runs for hidden states"
+                "teacher cache in use for the logits, but a loss on the teacher's hidden states or "
+                "attention is on: the teacher still runs for those (the cache carries logits only)"
             )
     steps_per_epoch = (
         int(manifest["splits"]["train"]["num_sequences"]) / cfg.train.global_batch_size
@@ -115,6 +118,7 @@ def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) ->
     identity = {
         "student": model_shape(student.config),
         "layer_map": layer_map,
+        "objective_params": projection_shapes(cfg.loss, alignment),
         "tokenizer": manifest["tokenizer"]["fingerprint"],
         "data_manifest": corpus.fingerprint,
     }
@@ -126,6 +130,7 @@ def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) ->
         student,
         teacher,
         layer_map,
+        alignment,
         max_steps,
         identity,
         cache,

@@ -117,9 +117,9 @@ class Trainer:
             if cfg.model.compile:
                 self.teacher.compile_encoder()
         self.targets = teacher_source(
-            self.teacher, cfg.loss, plan.layer_map, cached=plan.teacher_cache is not None
+            self.teacher, cfg.loss, plan.alignment, cached=plan.teacher_cache is not None
         )
-        module = StudentWithLoss(plan.student, cfg.loss, plan.layer_map, cfg.distilling)
+        module = StudentWithLoss(plan.student, cfg.loss, plan.alignment, cfg.distilling)
         if cfg.model.compile:
             plan.student.compile_encoder()
         self.checkpoints = CheckpointManager(
@@ -335,8 +335,11 @@ class Trainer:
             self.cfg.train.eval_samples,
             self.pad_id,
         )
+        # A teacher without its MLM head (an encoder distilled for its hidden states or attention
+        # only) has no predictions to compare with.
+        teacher = self.teacher if self.teacher is not None and self.teacher.has_head else None
         sums = torch.zeros(len(SUMS), dtype=torch.float64)
         for batch in loader(data, 0, False):
-            sums += batch_sums(student, self.teacher, batch, self.device)
+            sums += batch_sums(student, teacher, batch, self.device)
         student.train()
-        return summarize(self.control.reduce(sums), self.teacher is not None)
+        return summarize(self.control.reduce(sums), teacher is not None)

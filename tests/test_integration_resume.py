@@ -4,6 +4,7 @@ damaged checkpoints, contradicting configs, retention and DeepSpeed's own tools.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -301,3 +302,72 @@ def test_signal_during_start_up_exits_with_the_requeue_code(
         "global_step8",
     ]
     assert max(r["step"] for r in step_records(run)) == 8
+
+
+NARROW = {
+    "--model.student_hidden": 16, "--model.student_heads": 2, "--model.init": "select",
+    "--loss.alpha_cos": 0, "--loss.alpha_hidden": 1, "--loss.alpha_attn": 1,
+    "--loss.alpha_relation": 1, "--max-steps": 6, "--save-every": 3, "--model.dropout": 0.0,
+}  # fmt: skip
+
+
+def test_narrow_student_with_projections_resumes_exactly(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
+    """A narrower student with TinyBERT's projections and MiniLMv2's relations: the projections
+    are in the checkpoint (not in the export), and resume is bitwise."""
+    from pipeline.export import load_run_model
+
+    reference = tmp_path / "reference"
+    check_ok(launch(base_args(tiny_teacher, small_data_dir, reference, **NARROW), nproc=2))
+    run = tmp_path / "resumed"
+    stop = {**NARROW, "--train.stop_after_steps": 2}
+    check_ok(launch(base_args(tiny_teacher, small_data_dir, run, **stop), nproc=2))
+    check_ok(launch(base_args(tiny_teacher, small_data_dir, run, **NARROW), nproc=2))
+    assert losses(run) == losses(reference)
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"hid", "att", "rel"} <= set(first)
+    final = _weights(run, 6)
+    assert _same_weights(final, _weights(reference, 6))
+    projections = {k for k in final if k.startswith("projections.")}
+    assert projections == {
+        f"projections.{p}.{w}" for p in ("embed", "hidden") for w in ("weight", "bias")
+    }
+    model, _ = load_run_model(run)
+    assert model.config.dim == 16 and set(model.state_dict()).isdisjoint(projections)
+
+
+@pytest.mark.slow
+def test_narrow_student_with_projections_moves_to_another_world_size(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
+    """2 ranks -> 1 from step 3 through the universal checkpoint, projections included."""
+    reference = tmp_path / "reference"
+    check_ok(launch(base_args(tiny_teacher, small_data_dir, reference, **NARROW), nproc=2))
+    moved = tmp_path / "moved"
+    stop = {**NARROW, "--train.stop_after_steps": 3}
+    check_ok(launch(base_args(tiny_teacher, small_data_dir, moved, **stop), nproc=2))
+    result = launch(base_args(tiny_teacher, small_data_dir, moved, **NARROW), nproc=1)
+    check_ok(result)
+    assert "universal" in result.stdout
+    got, ref = dict(losses(moved)), dict(losses(reference))
+    for step in range(4, 7):
+        assert got[step] == pytest.approx(ref[step], rel=1e-4), step
+    w_got, w_want = _weights(moved, 6), _weights(reference, 6)
+    assert any(k.startswith("projections.") for k in w_want)
+    assert all(torch.allclose(w_got[k], w_want[k], atol=1e-4) for k in w_want)
+
+
+def test_changing_the_objective_parameters_is_refused(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
+) -> None:
+    run = tmp_path / "contra"
+    shutil.copytree(reference_run, run)
+    result = launch(
+        base_args(
+            tiny_teacher, small_data_dir, run, **{"--max-steps": 10, "--loss.alpha_hidden": 1}
+        ),
+        launcher="python",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "contradicts the checkpoint" in result.stderr and "objective_params" in result.stderr

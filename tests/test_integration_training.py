@@ -191,3 +191,60 @@ def test_a_blend_trains_in_its_order_and_resumes_exactly_from_a_cache(
         assert got[step] == pytest.approx(want[step], rel=1e-5), step
     shares = step_records(online)[-1]["consumed_per_source"]
     assert list(shares.values()) == [12, 36]  # 6 steps x 8 sequences, 1:3
+
+
+# (recipe, student shape and init on the 4 x 32 (2 heads of 16) tiny teacher, its loss terms)
+RECIPES = {
+    "tinybert_general": (
+        {"--model.student_layers": 2, "--model.student_hidden": 16, "--model.student_heads": 2,
+         "--model.student_intermediate": 32, "--model.init": "select"},
+        ("hid", "att"),
+    ),
+    "minilmv2": (
+        {"--model.student_layers": 2, "--model.student_hidden": 24, "--model.student_heads": 3,
+         "--model.student_intermediate": 48, "--model.init": "random"},
+        ("rel", "rel_qq", "rel_kk", "rel_vv"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_two_rank_recipes_lower_their_losses(
+    recipe: str, tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
+) -> None:
+    """Each distillation recipe on 2 ranks, a narrower student: every term of the recipe falls;
+    the run validates, exports (without the projections) and evaluates."""
+    from pipeline.evaluate import main as evaluate_main
+    from pipeline.export import export
+
+    shape, keys = RECIPES[recipe]
+    run = tmp_path / recipe
+    args = base_args(tiny_teacher, small_data_dir, run, **{
+        "--max-steps": 16, "--ds-config": BF16, "--lr": 3e-3, "--eval-every": 16,
+        "--save-every": 16, "--masking.smoothing": 0, "--train.log_every": 1, **shape,
+    })  # fmt: skip
+    result = launch(["--config", str(REPO / "pipeline" / "recipes" / f"{recipe}.yaml"), *args], 2)
+    check_ok(result)
+    records = step_records(run)
+    assert [r["step"] for r in records] == list(range(1, 17))
+    for key in (*keys, "loss"):
+        first = sum(r[key] for r in records[:3]) / 3
+        last = sum(r[key] for r in records[-3:]) / 3
+        assert last < first * 0.95, (key, first, last)
+    assert not {"ce", "mlm", "cos", "mse"} & set(records[0])
+    terms = keys[0] if recipe == "minilmv2" else "hid"
+    assert f"{terms}=" in result.stdout  # the progress line shows the recipe's terms
+    assert {"mlm_loss", "mlm_accuracy", "agreement"} <= set(eval_records(run)[-1]["eval"])
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert (saved["dim"], saved["n_heads"], saved["n_layers"]) == (
+        shape["--model.student_hidden"], shape["--model.student_heads"], 2,
+    )  # fmt: skip
+    out = export(run, None, tmp_path / "hf")
+    from safetensors.torch import load_file
+
+    exported = load_file(str(out / "model.safetensors"))
+    assert not any("projections" in k for k in exported)
+    assert exported["distilbert.embeddings.word_embeddings.weight"].shape[1] == saved["dim"]
+    evaluate_main(["--model", str(out), "--data", str(small_data_dir), "--samples", "16",
+                   "--json", str(tmp_path / "eval.json")])  # fmt: skip
+    assert 0 <= json.loads((tmp_path / "eval.json").read_text())["mlm"]["mlm_accuracy"] <= 1

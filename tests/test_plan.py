@@ -87,3 +87,22 @@ def test_refusals_name_the_file_and_the_fix(
     with pytest.raises(UserError, match="nocache: no such folder"):
         _prepare(*_args(tiny_teacher, small_data_dir, out), "--teacher-cache", tmp_path / "nocache")
     assert not out.exists()
+
+
+def test_a_narrow_student_from_a_recipe(
+    tiny_teacher: Path, small_data_dir: Path, tmp_path: Path
+) -> None:
+    """The TinyBERT recipe with a student narrower than the tiny teacher: the shape, the
+    alignment, the objective's parameters in the checkpoint identity; and a refusal in one line."""
+    recipe = REPO / "pipeline" / "recipes" / "tinybert_general.yaml"
+    args = [*_args(tiny_teacher, small_data_dir, tmp_path / "run"), "--config", recipe,
+            "--model.student_layers", "2", "--model.student_hidden", "16",
+            "--model.student_heads", "2", "--model.student_intermediate", "32"]  # fmt: skip
+    plan = _prepare(*args)
+    assert plan.layer_map == [1, 3]  # the tinybert rule on 4 -> 2
+    assert plan.alignment is not None and plan.alignment.attention_groups == 1
+    assert plan.identity["student"]["dim"] == 16
+    assert plan.identity["objective_params"] == {"embed": [32, 16], "hidden": [32, 16]}
+    assert plan.teacher is not None  # hidden and attention losses need the online teacher
+    with pytest.raises(UserError, match=r"loss\.alpha_cos compares hidden states directly"):
+        _prepare(*args, "--loss.alpha_cos", "1")

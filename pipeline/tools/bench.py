@@ -213,7 +213,7 @@ class Bench:
         """The same step without DeepSpeed: fp32 weights, bf16 autocast (GPU), fused AdamW."""
         from pipeline.objective import StudentWithLoss
 
-        module = StudentWithLoss(plan.student, cfg.loss, plan.layer_map, True)
+        module = StudentWithLoss(plan.student, cfg.loss, plan.alignment, True)
         module = module.to(self.device).train()
         opt = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=True if self.gpu else None)
         device, gpu = self.device, self.gpu
