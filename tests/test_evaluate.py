@@ -99,7 +99,7 @@ def test_classifier_learns_a_separable_task(tmp_path: Path, tiny_teacher: Path) 
         tmp_path / "train.jsonl.gz",
         tmp_path / "test.jsonl.gz",
         epochs=6,
-        lr=3e-3,
+        lr=1e-3,
         batch_size=8,
     )
     assert result["test_examples"] == 32
