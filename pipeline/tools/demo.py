@@ -234,7 +234,7 @@ class Demo:
     def speed(self) -> None:
         from pipeline.tools.speed import throughput
 
-        seconds = 3.0 if self.quick else 15.0
+        seconds = 3.0 if self.quick else 8.0
         result: dict[str, dict[str, Any]] = {}
         for name, folder in (("teacher", self.w / "teacher"), ("student", self.w / "student_hf")):
             result[name] = {
