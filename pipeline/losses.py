@@ -87,11 +87,7 @@ def hidden_mse_loss(
     student_layers: list[torch.Tensor], teacher_layers: list[torch.Tensor]
 ) -> torch.Tensor:
     """(1/M) sum over the M student layers of the MSE to the mapped teacher layer."""
-    total = sum(
-        F.mse_loss(s.float(), t.float())
-        for s, t in zip(student_layers, teacher_layers, strict=True)
-    )
-    return total / len(student_layers)  # type: ignore[return-value]
+    return layer_sum_mse(student_layers, teacher_layers) / len(student_layers)
 
 
 def layer_sum_mse(
