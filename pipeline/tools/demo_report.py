@@ -22,6 +22,11 @@ METRICS = {
 }
 
 
+def run_name(kind: str, seed: int) -> str:
+    """The run folder of a student or ablation: ``student`` for seed 1, ``student_s2`` after."""
+    return kind if seed == 1 else f"{kind}_s{seed}"
+
+
 def _records(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     steps: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
@@ -75,8 +80,6 @@ def compare(students: list[dict[str, Any]], others: list[dict[str, Any]]) -> dic
 
 
 def collect(workdir: Path, times: dict[str, float], seeds: list[int]) -> dict[str, Any]:
-    from pipeline.tools.demo import run_name
-
     report: dict[str, Any] = {"seeds": seeds, "models": {}}
     models = report["models"]
     for name in ("teacher", "control"):

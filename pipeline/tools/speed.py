@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from data_prep.errors import cli_main
+from data_prep.errors import UserError, cli_main
+from data_prep.hub import resolve
 
 
 @torch.inference_mode()
@@ -65,12 +66,17 @@ def throughput(
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pipeline.tools.speed", description=__doc__)
-    p.add_argument("--model", required=True, type=Path, help="a Hugging Face model folder")
+    p.add_argument("--model", required=True, help="a Hugging Face model folder or hub ID")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--mlm-head", action="store_true", help="time the MLM logits too")
     args = p.parse_args(argv)
+    args.model = resolve(args.model, "--model")
+    if not (args.model / "config.json").is_file():
+        raise UserError(
+            f"--model {args.model}: no config.json there; give a Hugging Face model folder"
+        )
     result = throughput(args.model, args.batch, args.seq_len, args.seconds, args.mlm_head)
     print(json.dumps(result, indent=1))
 
