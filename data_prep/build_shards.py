@@ -27,13 +27,11 @@ from typing import Any
 from data_prep.errors import UserError, cli_main
 from data_prep.manifest import SPLITS, manifest_path
 from data_prep.packing import PACK_MODES
-from data_prep.prep_plan import PLAN_NAME, PrepSettings, finalize, load_or_write_plan
+from data_prep.prep_plan import PrepSettings, finalize, load_or_write_plan
 from data_prep.progress import Progress
-from data_prep.shard_units import is_valid_document, process_units, unit_done
+from data_prep.shard_units import process_units, unit_done
 from data_prep.sources import TXT_DOCS, BadInput, unit_input_bytes
 from data_prep.tokenizer import TextTokenizer
-
-__all__ = ["PLAN_NAME", "PrepSettings", "finalize", "is_valid_document", "main", "process_units"]
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Entry point: ``python -m pipeline.train [--config RECIPE] --teacher T --data D --output R ...``.
 
 Runs under torchrun, ``deepspeed --num_gpus N --module pipeline.train``, ``srun`` and ``mpirun``
-(see :mod:`pipeline.launch`). The configuration is checked first (``--help`` documents every
-field), then every file is read and checked (:func:`pipeline.plan.prepare`) before the process
-group starts, then the run (:class:`pipeline.trainer.Trainer`). Exit codes: 0 done (or stopped by
+(see :mod:`pipeline.distributed.launch`). The configuration is checked first (``--help`` documents every
+field), then every file is read and checked (:func:`pipeline.run.plan.prepare`) before the process
+group starts, then the run (:class:`pipeline.run.trainer.Trainer`). Exit codes: 0 done (or stopped by
 ``train.stop_after_steps``), 2 bad input, 3 non-finite loss or weights,
 ``train.preempt_exit_code`` (42) preempted with a checkpoint (or by a signal before the first
 step, the checkpoint it resumed from staying the newest), 1 an unexpected error (its traceback;
@@ -16,8 +16,8 @@ import os
 import sys
 import traceback
 
-from pipeline.config import TrainConfig
-from pipeline.guards import Preemption
+from pipeline.config.schema import TrainConfig
+from pipeline.run.guards import Preemption
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,18 +34,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None, preemption: Preemption) -> int:
     from data_prep.errors import UserError, error_line
-    from pipeline.launch import quiet_libraries
+    from pipeline.distributed.launch import quiet_libraries
 
     quiet_libraries()
     args = list(sys.argv[1:] if argv is None else argv)
     # The deepspeed launcher appends --local_rank=N; ranks come from the environment instead.
     args = [a for a in args if not a.startswith(("--local_rank", "--local-rank"))]
     try:
-        from pipeline.config_cli import parse_config
-        from pipeline.dist import device_for, init_process_group
-        from pipeline.launch import detect
-        from pipeline.plan import prepare
-        from pipeline.trainer import Trainer
+        from pipeline.config.cli import parse_config
+        from pipeline.distributed.comm import device_for, init_process_group
+        from pipeline.distributed.launch import detect
+        from pipeline.run.plan import prepare
+        from pipeline.run.trainer import Trainer
 
         cfg, paths = parse_config(args)
         preemption.install(cfg.train.preempt_signals)

@@ -99,7 +99,7 @@ export OMP_NUM_THREADS
 #   export NCCL_SOCKET_IFNAME=ib0        # or ^lo,docker0: the bootstrap interface
 #   export NCCL_IB_HCA=mlx5              # which InfiniBand adapters NCCL may use
 #   export GLOO_SOCKET_IFNAME=ib0        # the interface gloo binds to (default: the one that
-#                                        # reaches MASTER_ADDR, see pipeline/launch.py)
+#                                        # reaches MASTER_ADDR, see pipeline/distributed/launch.py)
 #   export NCCL_DEBUG=INFO               # prints the transports NCCL chose (IB, NVLink, socket)
 #   export TORCH_NCCL_ASYNC_ERROR_HANDLING=1   # a rank with an NCCL error aborts, never hangs
 # Hub IDs (TEACHER=bert-base-uncased) resolve through the Hugging Face cache under HF_HOME. Compute
@@ -108,14 +108,14 @@ export OMP_NUM_THREADS
 
 # Rendezvous of the ranks of one job: the first node of the allocation, and a port derived from
 # the job id (the same after a requeue; distinct for jobs that share a node) by the one formula,
-# pipeline.launch.slurm_port. Called by the job scripts inside the allocation. A MASTER_ADDR/MASTER_PORT exported in the submitting shell is
+# pipeline.distributed.launch.slurm_port. Called by the job scripts inside the allocation. A MASTER_ADDR/MASTER_PORT exported in the submitting shell is
 # ignored on purpose (it belongs to something else); set DISTIL_MASTER_ADDR/_PORT to force them.
-# Ranks come from srun's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (pipeline/dist.py): torchrun's
+# Ranks come from srun's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (pipeline/distributed/comm.py): torchrun's
 # RANK/WORLD_SIZE, taken before them, must not leak in from the submitting shell.
 distil_rendezvous() {
     unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE
     MASTER_ADDR=${DISTIL_MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
-    MASTER_PORT=${DISTIL_MASTER_PORT:-$("$PYTHON" -m pipeline.launch --slurm-port "$SLURM_JOB_ID")}
+    MASTER_PORT=${DISTIL_MASTER_PORT:-$("$PYTHON" -m pipeline.distributed.slurm_port "$SLURM_JOB_ID")}
     export MASTER_ADDR MASTER_PORT
 }
 

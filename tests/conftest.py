@@ -131,7 +131,7 @@ class Prep:
         valid_fraction: float = 0.01,
     ) -> dict[str, list[list[int]]]:
         """Direct tokenization of ``texts`` (in order), split into train/valid as build_shards does."""
-        from data_prep.build_shards import is_valid_document
+        from data_prep.shard_units import is_valid_document
         from data_prep.tokenizer import TextTokenizer
 
         ids = TextTokenizer(tokenizer).encode_batch(texts)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from data_prep.errors import UserError
-from pipeline.alignment import capture_qkv, default_relation_heads, resolve_alignment
-from pipeline.config import LossConfig
-from pipeline.models import load_teacher
-from pipeline.student import Shape
+from pipeline.config.schema import LossConfig
+from pipeline.model.alignment import capture_qkv, default_relation_heads, resolve_alignment
+from pipeline.model.masked_lm import load_teacher
+from pipeline.model.student import Shape
 
 BASE = Shape(12, 768, 12, 3072)
 MINI = Shape(6, 384, 12, 1536)
@@ -74,7 +74,7 @@ def test_hooks_work_under_torch_compile() -> None:
     from torch._dynamo.utils import counters
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
-    from pipeline.models import MaskedLM
+    from pipeline.model.masked_lm import MaskedLM
 
     cfg = DistilBertConfig(
         vocab_size=100, dim=32, n_heads=2, n_layers=2, hidden_dim=64, max_position_embeddings=32,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.batch import nonpad_rows, scored_rows, take_rows, to_device
+from pipeline.data.batch import nonpad_rows, scored_rows, take_rows, to_device
 
 
 def _cpu_batch() -> dict[str, torch.Tensor]:

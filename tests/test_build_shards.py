@@ -609,7 +609,7 @@ def write_layouts(root: Path, prep: Any) -> list[Path]:
     book files (one with a long sentence-per-line chapter), a WikiExtractor folder."""
     import zstandard
 
-    from data_prep.synth import make_pages, write_dump, write_wikiextractor
+    from data_prep.tools.synth import make_pages, write_dump, write_wikiextractor
 
     root.mkdir(parents=True, exist_ok=True)
     paras = prep.txt_documents(AUSTEN / "emma.txt.gz")
@@ -696,7 +696,7 @@ def test_bad_layouts_are_counted_then_refused_or_skipped(
     """A dump with a broken stream, a WikiExtractor file with an unclosed <doc>, a folder with a
     binary file: above the limit one line and nothing kept; under it the job goes on."""
     from data_prep.sources.compressed import read_dump_index
-    from data_prep.synth import make_pages, write_dump
+    from data_prep.tools.synth import make_pages, write_dump
 
     dump = tmp_path / "enwiki-2-pages-articles-multistream.xml.bz2"
     pages = [p.page if hasattr(p, "page") else p for p in make_pages(60_000, seed=9)]

@@ -35,18 +35,19 @@ from pipeline_helpers import (
 )
 
 from data_prep.manifest import load_manifest
-from pipeline.batch import scored_rows, take_rows
 from pipeline.cache_teacher import format as tc
 from pipeline.cache_teacher import job as cache_job
 from pipeline.cache_teacher import writer as cache_writer
 from pipeline.cache_teacher.__main__ import main as cache_teacher_main
 from pipeline.cache_teacher.reader import TeacherCache, open_cache
-from pipeline.config import Config, MaskingConfig, validate
-from pipeline.corpus import Corpus
-from pipeline.data import MicroBatches, ShardedDataset
-from pipeline.losses import kd_loss, sparse_kd_loss
-from pipeline.masking import make_masker
-from pipeline.sampling import BatchLayout
+from pipeline.config.schema import Config, MaskingConfig, validate
+from pipeline.data.batch import scored_rows, take_rows
+from pipeline.data.corpus import Corpus
+from pipeline.data.loader import MicroBatches
+from pipeline.data.masking import make_masker
+from pipeline.data.sampling import BatchLayout
+from pipeline.data.shards import ShardedDataset
+from pipeline.model.losses import kd_loss, sparse_kd_loss
 
 VOCAB = 4000  # the wordpiece_tokenizer fixture's, and so the tiny teacher's
 
@@ -136,7 +137,7 @@ def online_batch(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """A training micro-batch (as the trainer builds it, masks by the cache's views), its scored
     rows and the teacher's logits there."""
-    from pipeline.models import load_teacher
+    from pipeline.model.masked_lm import load_teacher
 
     manifest = load_manifest(data)
     batches = MicroBatches(

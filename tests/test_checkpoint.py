@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from data_prep.errors import UserError
-from pipeline import checkpoint as ckpt
-from pipeline.checkpoint_manager import CheckpointManager
-from pipeline.config import TrainConfig
-from pipeline.dist import ControlGroup
+from pipeline.checkpoint import store as ckpt
+from pipeline.checkpoint.manager import CheckpointManager
+from pipeline.config.schema import TrainConfig
+from pipeline.distributed.comm import ControlGroup
 
 
 def _fake(run: Path, step: int, commit: bool = True, **identity: Any) -> Path:
@@ -88,7 +88,7 @@ def test_fused_adam_steps_move_to_their_parameters_device() -> None:
     wants it on the parameter's device. (The meta device stands in for CUDA here.)"""
     import torch
 
-    from pipeline.checkpoint_manager import place_optimizer_steps
+    from pipeline.checkpoint.manager import place_optimizer_steps
 
     param = torch.nn.Parameter(torch.empty(4, device="meta"))
     opt = torch.optim.AdamW([param], fused=True)

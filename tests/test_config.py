@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from data_prep.errors import UserError
-from pipeline.config import Config, MaskingConfig, check_masking, validate
-from pipeline.config_cli import (
+from pipeline.config.cli import (
     SHORT_FLAGS,
     apply_overrides,
     build_arg_parser,
     field_docs,
     parse_config,
 )
+from pipeline.config.schema import Config, MaskingConfig, check_masking, validate
 
 REQUIRED = ["--teacher", "T", "--data", "D", "--output", "R"]
 

@@ -12,8 +12,9 @@ import pytest
 
 from data_prep.errors import UserError
 from data_prep.manifest import manifest_fingerprint
-from pipeline.corpus import Corpus, Source, parse_sources
-from pipeline.sampling import CYCLE, BlendOrder
+from pipeline.config.sources import Source, parse_sources
+from pipeline.data.corpus import Corpus
+from pipeline.data.sampling import CYCLE, BlendOrder
 
 
 def test_sources_of_a_blend_are_seen_as_one_corpus(

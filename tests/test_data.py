@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from data_prep.manifest import load_manifest
-from pipeline.config import MaskingConfig
-from pipeline.data import MicroBatches, ShardedDataset
-from pipeline.masking import make_masker
-from pipeline.sampling import BatchLayout
+from pipeline.config.schema import MaskingConfig
+from pipeline.data.loader import MicroBatches
+from pipeline.data.masking import make_masker
+from pipeline.data.sampling import BatchLayout
+from pipeline.data.shards import ShardedDataset
 
 
 def test_sharded_dataset_reads_every_shard(small_data_dir: Path) -> None:
@@ -43,7 +44,7 @@ def test_sharded_dataset_reads_every_shard(small_data_dir: Path) -> None:
 
 
 def test_validation_draws_from_every_shard(small_data_dir: Path) -> None:
-    from pipeline.data import EvalBatches
+    from pipeline.data.loader import EvalBatches
 
     manifest = load_manifest(small_data_dir)
     shards = manifest["splits"]["valid"]["shards"]

@@ -1,4 +1,4 @@
-"""The collectives our code issues: only pipeline.dist issues them, each on the group it means
+"""The collectives our code issues: only pipeline.distributed.comm issues them, each on the group it means
 (CPU values on the gloo control group, device tensors on the default group), and the tests' NCCL
 emulation catches a CPU tensor on the default group as NCCL would on a GPU node."""
 
@@ -20,12 +20,12 @@ COLLECTIVES = {
 }  # fmt: skip
 
 
-def test_only_pipeline_dist_issues_collectives() -> None:
+def test_only_pipeline_distributed_comm_issues_collectives() -> None:
     offenders = []
     for path in sorted((REPO / "pipeline").rglob("*.py")) + sorted(
         (REPO / "data_prep").rglob("*.py")
     ):
-        if path == REPO / "pipeline" / "dist.py":
+        if path == REPO / "pipeline" / "distributed" / "comm.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if (
@@ -52,7 +52,7 @@ for name in ("deepspeed.comm.fake", "pipeline.fake"):
         print(name, "ok")
     except RuntimeError as exc:
         print(name, "refused:", exc)
-from pipeline.dist import ControlGroup, reduce_on_device
+from pipeline.distributed.comm import ControlGroup, reduce_on_device
 reduce_on_device(torch.ones(1))
 print("reduce_on_device ok")
 """
@@ -86,8 +86,8 @@ def test_one_visible_gpu_per_task_is_device_0_for_deepspeed_too(
     import deepspeed
     import torch
 
-    from pipeline import dist as pdist
-    from pipeline.launch import DistEnv
+    from pipeline.distributed import comm as pdist
+    from pipeline.distributed.launch import DistEnv
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -112,7 +112,7 @@ def test_gloo_binds_to_the_interface_that_reaches_the_master(
 ) -> None:
     """A host whose name resolves to 127.0.1.1 (Debian's default) must not make gloo bind to
     loopback when the master is on another host."""
-    from pipeline import launch
+    from pipeline.distributed import launch
 
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
     assert launch.gloo_interface("127.0.0.1") is None  # every rank on this host

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from data_prep.errors import UserError
-from pipeline.config import Config
-from pipeline.ds_config import engine_settings, split_batch
+from pipeline.config.schema import Config
+from pipeline.run.ds_config import engine_settings, split_batch
 
 REPO = Path(__file__).resolve().parent.parent
 

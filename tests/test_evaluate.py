@@ -81,7 +81,7 @@ def test_evaluate_matches_the_trainers_validation(
 
 
 def test_classifier_learns_a_separable_task(tmp_path: Path, tiny_teacher: Path) -> None:
-    from pipeline.evaluate import classify
+    from pipeline.evaluation.classify import classify
 
     def write(path: Path, n: int, offset: int) -> None:
         with gzip.open(path, "wt") as fh:

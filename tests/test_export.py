@@ -102,7 +102,7 @@ def test_a_sentencepiece_run_exports_a_tokenizer_with_its_ids(
     from data_prep import train_tokenizer
     from data_prep.manifest import load_manifest
     from data_prep.tokenizer import check_model_tokenizer
-    from pipeline.export import export
+    from pipeline.publish.folder import export
 
     texts = [str(p) for p in small_corpus[:2]]
     train_tokenizer.main(

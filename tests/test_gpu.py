@@ -87,7 +87,7 @@ def test_world_size_change_into_fused_adamw_on_cuda(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
 ) -> None:
     """A 2-rank checkpoint resumed by 1 GPU rank: DeepSpeed's universal checkpoint, then fused
-    AdamW on CUDA, whose step tensors must sit on the GPU (pipeline.checkpoint_manager)."""
+    AdamW on CUDA, whose step tensors must sit on the GPU (pipeline.checkpoint.manager)."""
     run = tmp_path / "to_gpu"
     shutil.copytree(reference_run, run)
     args = base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 12, "--save-every": 4})
@@ -100,7 +100,7 @@ def test_world_size_change_into_fused_adamw_on_cuda(
 
 
 def test_fp16_teacher_runs_in_half_precision(tiny_teacher: Path) -> None:
-    from pipeline.models import load_teacher
+    from pipeline.model.masked_lm import load_teacher
 
     teacher = load_teacher(str(tiny_teacher), "sdpa", need_head=True)
     teacher.to(device="cuda", dtype=torch.float16)

@@ -8,8 +8,8 @@ import signal
 import pytest
 
 from data_prep.errors import UserError
-from pipeline.dist import ControlGroup
-from pipeline.guards import LossScaleWatch, Preemption, nonfinite_loss
+from pipeline.distributed.comm import ControlGroup
+from pipeline.run.guards import LossScaleWatch, Preemption, nonfinite_loss
 
 
 def test_loss_scale_watch_stops_only_when_pinned_at_the_floor() -> None:

@@ -211,7 +211,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
     assert losses(run) == losses(reference_run)
     # A deleted file is caught the same way, and a checkpoint without COMMIT.json is never used.
     (run / "checkpoints" / "global_step8" / "COMMIT.json").unlink()
-    from pipeline.checkpoint import find_resume
+    from pipeline.checkpoint.store import find_resume
 
     with pytest.warns(UserWarning, match="no COMMIT.json"):
         found = find_resume(run, "auto")
@@ -316,7 +316,7 @@ def test_narrow_student_with_projections_resumes_exactly(
 ) -> None:
     """A narrower student with TinyBERT's projections and MiniLMv2's relations: the projections
     are in the checkpoint (not in the export), and resume is bitwise."""
-    from pipeline.export import load_run_model
+    from pipeline.publish.run_model import load_run_model
 
     reference = tmp_path / "reference"
     check_ok(launch(base_args(tiny_teacher, small_data_dir, reference, **NARROW), nproc=2))

@@ -215,7 +215,7 @@ def test_two_rank_recipes_lower_their_losses(
     """Each distillation recipe on 2 ranks, a narrower student: every term of the recipe falls;
     the run validates, exports (without the projections) and evaluates."""
     from pipeline.evaluate import main as evaluate_main
-    from pipeline.export import export
+    from pipeline.publish.folder import export
 
     shape, keys = RECIPES[recipe]
     run = tmp_path / recipe

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.launch import detect, slurm_port
+from pipeline.distributed.launch import detect, slurm_port
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_VARS = (
@@ -67,7 +67,7 @@ def test_mpirun_variables(clean_env: pytest.MonkeyPatch) -> None:
 def test_slurm_port_is_stable_and_one_formula_for_python_and_env_sh() -> None:
     assert slurm_port(42) == slurm_port(42) and slurm_port(42) != slurm_port(43)
     printed = subprocess.run(
-        [sys.executable, "-m", "pipeline.launch", "--slurm-port", "987654"],
+        [sys.executable, "-m", "pipeline.distributed.slurm_port", "987654"],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert printed == str(slurm_port(987654))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.losses import (
+from pipeline.model.losses import (
     attention_loss,
     attention_target,
     cosine_loss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.masking import IGNORE_INDEX, Masker, MaskingSpec
+from pipeline.data.masking import IGNORE_INDEX, Masker, MaskingSpec
 
 SPEC = MaskingSpec(vocab_size=1000, mask_id=4, special_ids=(0, 2, 3, 4))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.metrics import LogWindow, RunLogger, SampleLog, truncate_after
+from pipeline.run.metrics import LogWindow, RunLogger, SampleLog, truncate_after
 
 
 def test_window_averages_finite_micro_batches_and_counts_the_rest() -> None:

@@ -10,7 +10,7 @@ import torch
 from pipeline_helpers import make_bert_teacher
 
 from data_prep.errors import UserError
-from pipeline.models import check_model_fits, load_teacher, teacher_dtype
+from pipeline.model.masked_lm import check_model_fits, load_teacher, teacher_dtype
 
 
 def test_teacher_without_mlm_head_is_refused(tmp_path: Path, wordpiece_tokenizer: Path) -> None:

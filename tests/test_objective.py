@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.alignment import Alignment, projection_shapes, resolve_alignment
-from pipeline.batch import DeviceBatch, take_rows
-from pipeline.config import LossConfig
-from pipeline.losses import cosine_loss, kd_loss, mlm_loss, relation_kl, relation_probs
-from pipeline.models import MaskedLM, load_teacher
-from pipeline.objective import STUDENT_PREFIX, StudentWithLoss, student_weights
-from pipeline.student import Shape, build_student
-from pipeline.targets import OnlineTeacher, TeacherTargets
+from pipeline.config.schema import LossConfig
+from pipeline.data.batch import DeviceBatch, take_rows
+from pipeline.model.alignment import Alignment, projection_shapes, resolve_alignment
+from pipeline.model.losses import cosine_loss, kd_loss, mlm_loss, relation_kl, relation_probs
+from pipeline.model.masked_lm import MaskedLM, load_teacher
+from pipeline.model.objective import STUDENT_PREFIX, StudentWithLoss, student_weights
+from pipeline.model.student import Shape, build_student
+from pipeline.model.targets import OnlineTeacher, TeacherTargets
 
 
 def _align(

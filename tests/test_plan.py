@@ -11,9 +11,9 @@ import torch
 from pipeline_helpers import make_bert_teacher
 
 from data_prep.errors import UserError
-from pipeline.config_cli import parse_config
-from pipeline.launch import DistEnv
-from pipeline.plan import Plan, prepare
+from pipeline.config.cli import parse_config
+from pipeline.distributed.launch import DistEnv
+from pipeline.run.plan import Plan, prepare
 
 REPO = Path(__file__).resolve().parent.parent
 ONE_RANK = DistEnv(0, 1, 0, "127.0.0.1", 0, "single")

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from data_prep.manifest import load_manifest
-from pipeline.config import MaskingConfig
-from pipeline.data import MicroBatches, ShardedDataset
-from pipeline.masking import Masker, make_masker
-from pipeline.sampling import BatchLayout, eval_indices, sample_at, samples_at
+from pipeline.config.schema import MaskingConfig
+from pipeline.data.loader import MicroBatches
+from pipeline.data.masking import Masker, make_masker
+from pipeline.data.sampling import BatchLayout, eval_indices, sample_at, samples_at
+from pipeline.data.shards import ShardedDataset
 
 
 def test_sample_order_is_a_permutation_per_epoch() -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from data_prep.errors import UserError
-from pipeline.models import MaskedLM, load_teacher
-from pipeline.student import Shape, build_student, default_layer_map, resolve_shape
+from pipeline.model.masked_lm import MaskedLM, load_teacher
+from pipeline.model.student import Shape, build_student, default_layer_map, resolve_shape
 
 
 def test_default_layer_map_is_distilberts_for_12_to_6() -> None:
@@ -128,7 +128,7 @@ def test_shape_defaults_follow_the_teachers_proportions() -> None:
 
 
 def test_student_config_file_sets_the_shape(tmp_path: Path) -> None:
-    from pipeline.student import merge_shape
+    from pipeline.model.student import merge_shape
 
     (tmp_path / "config.json").write_text(
         json.dumps({"model_type": "distilbert", "n_layers": 4, "dim": 312, "n_heads": 12})

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import Config
-from pipeline.trainer import build_optimizer, lr_lambda
+from pipeline.config.schema import Config
+from pipeline.run.optim import build_optimizer, lr_lambda
 
 
 def test_lr_warms_up_linearly_then_decays_to_zero() -> None:

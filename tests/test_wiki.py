@@ -1,5 +1,5 @@
 """Wikipedia as users download it: a real multistream ``pages-articles`` dump with its index (built
-by data_prep.synth), the same dump as one bz2 stream, WikiExtractor's output folders (plain and
+by data_prep.tools.synth), the same dump as one bz2 stream, WikiExtractor's output folders (plain and
 ``--json``), wikitext to text, and broken input (a corrupt stream, unclosed ``<doc>`` s)."""
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import pytest
 from data_prep.sources import DocStats, ReadOptions, iter_documents, plan_units
 from data_prep.sources.compressed import BZ2_STREAM, read_dump_index
 from data_prep.sources.wiki import wikitext_to_text
-from data_prep.synth import Article, Page, make_pages, page_xml, write_dump, write_wikiextractor
+from data_prep.tools.synth import (
+    Article,
+    Page,
+    make_pages,
+    page_xml,
+    write_dump,
+    write_wikiextractor,
+)
 
 ARTICLE = """{{Short description|1815 novel}}
 {{Infobox book

@@ -10,7 +10,7 @@ link sections at the end are dropped; links keep their label, headings and list 
 text. References, comments, code-like tags, templates and tables are cut out, and links
 replaced by their text, before parsing (regexes and a brace count): the parser then builds nodes
 for little more than the prose, about 3 times faster than parsing everything, for the same output
-on the synthetic articles of data_prep.synth (tests/test_wiki.py checks the rules). Why this library and not ``wikiextractor`` (AGPL, which an Apache-2.0 project cannot
+on the synthetic articles of data_prep.tools.synth (tests/test_wiki.py checks the rules). Why this library and not ``wikiextractor`` (AGPL, which an Apache-2.0 project cannot
 take as a dependency) or ``wikitextparser`` (GPL): see README.md, "Wikipedia".
 """
 

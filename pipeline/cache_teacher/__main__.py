@@ -41,10 +41,10 @@ from pipeline.cache_teacher.job import (
     resolve,
 )
 from pipeline.cache_teacher.writer import finalize, process_shard, shard_done
-from pipeline.dist import ControlGroup, device_for, init_process_group
-from pipeline.launch import detect, quiet_libraries
-from pipeline.masking import make_masker
-from pipeline.models import DTYPES, load_teacher
+from pipeline.data.masking import make_masker
+from pipeline.distributed.comm import ControlGroup, device_for, init_process_group
+from pipeline.distributed.launch import detect, quiet_libraries
+from pipeline.model.masked_lm import DTYPES, load_teacher
 
 # Ranks wait for the slowest at the end (shards are hours of work on big corpora): the final
 # all-reduce must outlast any job time limit, which is what ends a job whose rank was killed.

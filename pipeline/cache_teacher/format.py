@@ -11,13 +11,13 @@ Layout, for every train shard ``P`` of DATA_DIR (e.g. ``train/00000-000``) and e
     CACHE_DIR/plan.json    the settings of the job (a restart must use the same ones)
     CACHE_DIR/manifest.json  written when every shard is done; the trainer reads only this
 
-A row is one masked position: the masks are :class:`pipeline.masking.Masker` of
+A row is one masked position: the masks are :class:`pipeline.data.masking.Masker` of
 ``(seed, view, global sample index)``, exactly what the trainer draws at epoch ``e`` with
 ``view = e mod V``. The rows of a sequence are its masked positions in ascending order, which is
 the order of the trainer's scored rows, so a lookup is a slice per sample.
 
 Values are normalised over the *whole* vocabulary (``log_softmax(logits / T)``), so the teacher's
-tail mass ``1 - sum(exp(logp))`` is known and :func:`pipeline.losses.sparse_kd_loss` keeps it as
+tail mass ``1 - sum(exp(logp))`` is known and :func:`pipeline.model.losses.sparse_kd_loss` keeps it as
 one bucket; with K = vocabulary size the loss equals the online loss. Sampled rows (RS-KD style:
 N draws from ``softmax(logits / T)``) hold the distinct ids in ascending order with their counts;
 unused slots repeat the first id with count 0 (log-prob -inf, weight exactly 0).
@@ -34,7 +34,7 @@ import numpy as np
 
 from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader, sha256_file, token_dtype_for_vocab
-from pipeline.masking import MaskingSpec
+from pipeline.data.masking import MaskingSpec
 
 FORMAT = "distil-teacher-cache"
 FORMAT_VERSION = 1
@@ -95,7 +95,7 @@ def masked_counts(
 ) -> np.ndarray:
     """Masked positions of every sequence of a shard, without drawing masks.
 
-    Same rule as :class:`pipeline.masking.Masker`: ``max(1, round(p * n))`` of the ``n`` tokens that
+    Same rule as :class:`pipeline.data.masking.Masker`: ``max(1, round(p * n))`` of the ``n`` tokens that
     are not special, 0 when there are none (``np.round`` is Python's round-half-even). The writer
     checks every sequence against it, so a change of the rule cannot go unnoticed.
     """

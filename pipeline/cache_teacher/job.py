@@ -19,11 +19,12 @@ from data_prep.indexed import IndexedReader
 from data_prep.manifest import shard_prefix
 from data_prep.tokenizer import check_model_tokenizer
 from pipeline.cache_teacher import format as tc
-from pipeline.config import Config, MaskingConfig, check_masking
-from pipeline.config_cli import apply_overrides, load_recipe
-from pipeline.corpus import Corpus, parse_sources
-from pipeline.masking import MaskingSpec, masking_spec
-from pipeline.models import DTYPES, check_model_fits, teacher_dtype_name
+from pipeline.config.cli import apply_overrides, load_recipe
+from pipeline.config.schema import Config, MaskingConfig, check_masking
+from pipeline.config.sources import parse_sources
+from pipeline.data.corpus import Corpus
+from pipeline.data.masking import MaskingSpec, masking_spec
+from pipeline.model.masked_lm import DTYPES, check_model_fits, teacher_dtype_name
 
 
 # --- settings ---------------------------------------------------------------------------------

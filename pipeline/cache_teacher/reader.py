@@ -28,9 +28,9 @@ from pipeline.cache_teacher.format import (
     shard_file,
     teacher_fingerprint,
 )
-from pipeline.config import Config, RunPaths
-from pipeline.corpus import Corpus
-from pipeline.masking import IGNORE_INDEX, masking_spec
+from pipeline.config.schema import Config, RunPaths
+from pipeline.data.corpus import Corpus
+from pipeline.data.masking import IGNORE_INDEX, masking_spec
 
 
 @dataclass

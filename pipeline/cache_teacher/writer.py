@@ -22,11 +22,11 @@ from data_prep.atomic import fsync_dir, tmp_name, write_json
 from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader
 from data_prep.progress import Progress
-from pipeline.batch import scored_rows, take_rows
 from pipeline.cache_teacher import format as tc
 from pipeline.cache_teacher.job import Job
-from pipeline.data import collate
-from pipeline.masking import IGNORE_INDEX, Masker
+from pipeline.data.batch import scored_rows, take_rows
+from pipeline.data.loader import collate
+from pipeline.data.masking import IGNORE_INDEX, Masker
 
 
 # --- the work of one shard --------------------------------------------------------------------

@@ -18,7 +18,7 @@ Cases:
   mlm              MLM-only training of the student (teacher pretraining mode)
   loader           the data path alone: MicroBatches in background workers, tokens/s
 ``--size base``: bert-base teacher and 6 x 768 student (GPU); ``tiny``: 4 x 256 -> 2 x 256 (CPU).
-``--data-prep`` adds ``data_prep.bench``'s rows (build_shards MB/s and tokens/s, reader tokens/s).
+``--data-prep`` adds ``data_prep.tools.bench``'s rows (build_shards MB/s and tokens/s, reader tokens/s).
 """
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ def make_data(out: Path, seq: int, num: int) -> Path:
 
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
-        from pipeline.dist import device_for, init_process_group
-        from pipeline.launch import detect
+        from pipeline.distributed.comm import device_for, init_process_group
+        from pipeline.distributed.launch import detect
 
         self.args = args
         self.work = work
@@ -139,7 +139,7 @@ class Bench:
         self.gpu = self.device.type == "cuda"
 
     def config(self, case: str, seq: int, batch: int, data: Path, out: Path) -> tuple[Any, Any]:
-        from pipeline.config import Config, validate
+        from pipeline.config.schema import Config, validate
 
         cfg = Config()
         cfg.model.teacher = str(self.teacher)
@@ -178,8 +178,8 @@ class Bench:
         ])  # fmt: skip
 
     def run_case(self, case: str, seq: int, batch: int) -> dict[str, Any]:
-        from pipeline.plan import prepare
-        from pipeline.trainer import Trainer
+        from pipeline.run.plan import prepare
+        from pipeline.run.trainer import Trainer
 
         steps, warmup = self.args.steps, self.args.warmup
         data = self.work / f"data_{seq}_{batch}"
@@ -211,7 +211,7 @@ class Bench:
 
     def plain_engine(self, plan: Any, cfg: Any) -> Any:
         """The same step without DeepSpeed: fp32 weights, bf16 autocast (GPU), fused AdamW."""
-        from pipeline.objective import StudentWithLoss
+        from pipeline.model.objective import StudentWithLoss
 
         module = StudentWithLoss(plan.student, cfg.loss, plan.alignment, True)
         module = module.to(self.device).train()
@@ -271,7 +271,7 @@ class Bench:
 
 
 def data_prep_rows(mb: float) -> list[dict[str, Any]]:
-    result = subprocess.run([sys.executable, "-m", "data_prep.bench", "--mb", str(mb), "--json"],
+    result = subprocess.run([sys.executable, "-m", "data_prep.tools.bench", "--mb", str(mb), "--json"],
                             cwd=REPO, capture_output=True, text=True)  # fmt: skip
     rows = []
     for line in result.stdout.splitlines():
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--data-prep", action="store_true", help="add data_prep.bench rows")
+    p.add_argument("--data-prep", action="store_true", help="add data_prep.tools.bench rows")
     p.add_argument("--json", help="also write all rows to this file")
     args = p.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

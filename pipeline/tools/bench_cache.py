@@ -128,7 +128,7 @@ def steps_per_s(run: Path, data: Path) -> tuple[float, float, float]:
 
     On a shared machine other jobs only ever slow a step down: the 90th percentile is the better
     estimate of the unloaded rate, the median the honest one."""
-    from pipeline.data import ShardedDataset
+    from pipeline.data.shards import ShardedDataset
 
     ds = ShardedDataset(data, "train")
     tokens: dict[int, int] = {}

@@ -5,7 +5,7 @@ With ``DISTIL_EMULATE_NCCL=1`` (tests/pipeline_helpers.train_env sets both), a c
 CPU tensor raises what NCCL raises on a GPU node ("No backend type associated with device type
 cpu"). On a GPU the default group is NCCL, so such a call crashes there; on CPU the default group
 is gloo and takes it silently. The one sanctioned path for device tensors on the default group,
-``pipeline.dist.reduce_on_device``, is exempt (on CPU its tensors are CPU tensors by
+``pipeline.distributed.comm.reduce_on_device``, is exempt (on CPU its tensors are CPU tensors by
 construction). DeepSpeed's and torch's own collectives are not ours and pass untouched.
 """
 
@@ -22,7 +22,7 @@ if os.environ.get("DISTIL_EMULATE_NCCL") == "1":
         "all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor", "gather",
         "scatter", "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "all_to_all_single",
     )  # fmt: skip
-    _SANCTIONED = {("pipeline.dist", "reduce_on_device")}
+    _SANCTIONED = {("pipeline.distributed.comm", "reduce_on_device")}
 
     def _tensors(values):  # type: ignore[no-untyped-def]
         for v in values:
@@ -47,7 +47,7 @@ if os.environ.get("DISTIL_EMULATE_NCCL") == "1":
                     raise RuntimeError(
                         f"No backend type associated with device type cpu (NCCL emulation: "
                         f"{module}.{frame.f_code.co_name} called torch.distributed.{name} with a "
-                        "CPU tensor on the default group; use pipeline.dist.ControlGroup)"
+                        "CPU tensor on the default group; use pipeline.distributed.comm.ControlGroup)"
                     )
             return fn(*args, **kwargs)
 

@@ -1,0 +1,148 @@
+"""When and how a run saves and resumes: the trainer's one handle on its checkpoints.
+
+:class:`CheckpointManager` decides when a checkpoint is due (every ``train.save_every`` steps, at
+the end, and before stopping), refuses to save weights that are not finite (every rank agrees),
+saves through :func:`pipeline.checkpoint.save` (ZeRO checkpoint + per-rank state + commit marker,
+``keep_last`` complete ones kept), logs the size and time of each save, names the last good
+checkpoint for error messages, and resumes an engine from a checkpoint: directly at the same world
+size (bitwise exact, RNG restored), through DeepSpeed's universal format at another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_prep.errors import UserError
+from pipeline.checkpoint import store as ckpt
+from pipeline.config.schema import TrainConfig
+from pipeline.distributed.comm import ControlGroup
+
+
+class CheckpointManager:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: TrainConfig,
+        identity: dict[str, Any],
+        control: ControlGroup,
+        rank: int,
+        log: Callable[[str], None],
+    ) -> None:
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.identity = identity
+        self.control = control
+        self.rank = rank
+        self.log = log
+
+    def due(self, step: int, final: bool) -> bool:
+        """A checkpoint is due every ``save_every`` steps and whenever the run ends here."""
+        return final or bool(self.cfg.save_every and step % self.cfg.save_every == 0)
+
+    def save(self, engine: Any, step: int, consumed: int) -> str | None:
+        """Save (collective); what is wrong instead of saving, or None when saved."""
+        if self.control.any(
+            not all(bool(torch.isfinite(p).all()) for p in engine.module.parameters())
+        ):
+            return f"non-finite weights at step {step}"
+        start = time.perf_counter()
+        path = ckpt.save(
+            engine, self.run_dir, step, consumed, self.identity, self.cfg.keep_last, self.control
+        )
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        self.log(
+            f"saved checkpoint {path} ({size / 2**20:,.0f} MiB in "
+            f"{time.perf_counter() - start:.1f} s)"
+        )
+        return None
+
+    def last_good(self) -> str:
+        found = ckpt.find_resume(self.run_dir, "auto", warn=False)
+        return str(found.path) if found else "(none)"
+
+    def agree_resume(self, resume: str) -> ckpt.CheckpointInfo | None:
+        """The checkpoint every rank resumes from (collective): rank 0 chooses (``auto``: its
+        newest complete one) and every rank reads that one. On a shared file system just after a
+        requeue, nodes can see different newest checkpoints; a rank that cannot read rank 0's
+        choice fails the job on every rank with one line, instead of loading another one."""
+        chosen = None
+        if self.rank == 0:
+            found = ckpt.find_resume(self.run_dir, resume, warn=True)
+            chosen = str(found.path) if found else None
+        chosen = self.control.broadcast(chosen)
+        if chosen is None:
+            return None
+
+        def read() -> ckpt.CheckpointInfo:
+            try:
+                return ckpt.read_checkpoint(Path(chosen))
+            except UserError as exc:
+                raise UserError(
+                    f"rank {self.rank} cannot read the checkpoint rank 0 resumes from: {exc}. "
+                    "Every node must see the same files: check the shared file system, or wait "
+                    "for it to catch up and resubmit"
+                ) from None
+
+        found = self.control.together(read)
+        ckpt.check_compatible(found, self.identity)
+        return found
+
+    def resume(self, engine: Any, found: ckpt.CheckpointInfo, world: int) -> tuple[int, int]:
+        """Load ``found`` into ``engine`` (collective); the (step, consumed samples) it was at."""
+        same_world = found.world_size == world
+        if same_world:
+            load_dir, tag = str(found.path.parent), found.tag
+        else:
+            if self.rank == 0:
+                self.log(
+                    f"resuming {found.tag} (saved by {found.world_size} ranks) on {world}: "
+                    "converting to a universal checkpoint"
+                )
+                ckpt.ensure_universal(found)
+            self.control.barrier()
+            load_dir, tag = str(found.path.parent), ckpt.universal_path(found).name
+        path, _client = engine.load_checkpoint(load_dir, tag=tag)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load {found.path}")
+        place_optimizer_steps(getattr(engine.optimizer, "optimizer", engine.optimizer))
+        step = int(found.commit["step"])
+        consumed = int(found.commit["consumed_samples"])
+        state = ckpt.load_rank_state(found, self.rank) if same_world else None
+        if state is not None:
+            ckpt.restore_rng(state)
+        else:  # another world size: fresh, deterministic RNG streams per rank
+            torch.manual_seed(self.cfg.seed * 100_003 + step * 1_009 + self.rank)
+        self.log(f"resumed from {found.path} at step {step} ({consumed:,} samples consumed)")
+        return step, consumed
+
+
+def place_optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
+    """Put each ``step`` of a fused (or capturable) Adam group where torch wants it: a float32
+    tensor on its parameter's device. Returns how many moved.
+
+    DeepSpeed's universal-checkpoint loader writes the step it read from ``step.pt`` (converted on
+    the CPU by ``ds_to_universal``) straight into ``optimizer.state``, around torch's
+    ``load_state_dict``, which would have moved it: a CUDA run with fused AdamW would resume with a
+    CPU step (DeepSpeed 0.19.8, ``load_hp_checkpoint_state_from_checkpoint_dir``).
+    """
+    moved = 0
+    for group in optimizer.param_groups:
+        if not (group.get("fused") or group.get("capturable")):
+            continue
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            step = state.get("step")
+            if step is None:
+                continue
+            if not torch.is_tensor(step) or (step.device, step.dtype) != (
+                param.device,
+                torch.float32,
+            ):
+                state["step"] = torch.as_tensor(step, dtype=torch.float32).to(param.device)
+                moved += 1
+    return moved

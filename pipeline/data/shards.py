@@ -1,0 +1,57 @@
+"""The prepared shards of one split, by global sequence index: memory-mapped, zero-copy views.
+
+:class:`ShardedDataset` opens every shard the manifest lists for a split (checking each index
+against the manifest's counts) and returns sequences by their global index.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_prep.errors import UserError
+from data_prep.indexed import IndexedReader
+from data_prep.manifest import load_manifest, shard_prefix
+
+
+class ShardedDataset:
+    """All sequences of one split, by global index, memory-mapped."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        split: str = "train",
+        manifest: dict[str, Any] | None = None,
+    ):
+        self.data_dir = Path(data_dir)
+        self.manifest = manifest if manifest is not None else load_manifest(data_dir)
+        if split not in self.manifest["splits"]:
+            raise UserError(f"{self.data_dir}/manifest.json: no split '{split}'")
+        info = self.manifest["splits"][split]
+        self.readers: list[IndexedReader] = []
+        for shard in info["shards"]:
+            prefix = shard_prefix(self.data_dir, shard)
+            reader = IndexedReader(prefix)
+            if len(reader) != shard["num_sequences"] or reader.num_tokens != shard["num_tokens"]:
+                raise UserError(
+                    f"{prefix}.idx: {len(reader)} sequences / {reader.num_tokens} tokens, the "
+                    f"manifest says {shard['num_sequences']} / {shard['num_tokens']}; run "
+                    f"python -m data_prep.verify {prefix.parent.parent}"
+                )
+            self.readers.append(reader)
+        counts = np.array([len(r) for r in self.readers], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.seq_len = int(self.manifest["seq_len"])
+        self.num_tokens = int(info["num_tokens"])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.readers[shard][index - int(self._starts[shard])]

@@ -1,0 +1,394 @@
+"""The student derived from a teacher: its shape, its layer map, its initialisation.
+
+Shape. A student of a BERT teacher is a ``DistilBertForMaskedLM`` (no token-type embeddings, no
+pooler); of a RoBERTa-style or DistilBERT teacher, the teacher's own class. Its depth, width
+(hidden size), attention heads and FFN size are set by ``model.student_layers/_hidden/_heads/
+_intermediate`` or a ``model.student_config`` file (:func:`student_shape_from_file`); what is
+left at 0 follows the teacher: half its layers, its width, its head *size* (so a narrower student
+has fewer heads), its FFN-to-width ratio. Vocabulary, positions, activation and dropout are the
+teacher's.
+
+Layer map. Student layer j is paired with teacher layer ``layer_map[j]``, which initialises it
+(``init`` teacher or select) and which the layer-wise losses compare it with. Two rules
+(:func:`default_layer_map`): ``distilbert`` spreads the layers evenly, first and last included
+(12 -> 6: 0,2,4,7,9,11, the DistilBERT release); ``tinybert`` takes the top layer of each of M
+equal blocks, g(m) = m N / M (12 -> 4: 2,5,8,11; Jiao et al. 2020).
+
+Initialisation (``model.init``):
+
+* ``teacher``: the DistilBERT init, for students of the teacher's width: the mapped teacher
+  layers, the embeddings and the MLM head, copied. BERT adds token-type embedding 0 to every
+  token; we fold it into the position embeddings so the student's embedding layer computes exactly
+  the teacher's.
+* ``select``: weight selection (Xu et al. 2023, "Initializing Models with Larger Ones"), for
+  students as wide as the teacher or narrower: every student weight is a sub-tensor of the
+  mapped teacher weight, taking a *consistent* subset of neurons (:func:`selection`):
+  - the residual stream keeps the teacher dimensions R (evenly spread: floor(i d_T / d_S)), the
+    same R everywhere the residual goes: word and position embeddings, every LayerNorm, the
+    inputs of Q/K/V and of the FFN, the outputs of the attention projection and of the FFN, and
+    the MLM head (whose decoder is tied to the embeddings);
+  - attention keeps evenly spread teacher heads and, inside each, evenly spread dimensions, the
+    same in Q, K and V (rows) and in the attention output projection (columns): student head j
+    is part of teacher head floor(j h_T / h_S);
+  - the FFN keeps evenly spread intermediate neurons, the same in its two matrices.
+  Nothing is rescaled (as in the paper). At the teacher's width this is the ``teacher`` init bit
+  for bit. Narrower, the student computes the teacher's function exactly when the dropped
+  neurons are redundant (copies of kept ones, or dead): tested on one layer; in general it is an
+  approximation (LayerNorm statistics and dot products over fewer dimensions) that trains faster
+  than a random init. Needs heads <= the teacher's and a head size <= the teacher's.
+  Xu et al. also choose the first N layers rather than spread ones; pass ``model.layer_map``
+  (e.g. ``[0, 1, 2, 3]``) for that.
+* ``random``: the architecture's own initialisation, seeded (reproducible whatever ran before).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_prep.errors import UserError
+from pipeline.config.schema import ModelConfig
+from pipeline.model.masked_lm import MaskedLM, model_dims, model_family, set_dropout
+
+_LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
+
+
+def default_layer_map(
+    teacher_layers: int, student_layers: int, rule: str = "distilbert"
+) -> list[int]:
+    """The teacher layer of each student layer: ``distilbert`` (evenly spread, first and last
+    included: 12 -> 6 gives 0,2,4,7,9,11) or ``tinybert`` (the top of each of M equal blocks:
+    12 -> 4 gives 2,5,8,11)."""
+    if not 1 <= student_layers <= teacher_layers:
+        raise UserError(
+            f"a student of {student_layers} layers cannot be mapped onto a {teacher_layers}-layer teacher"
+        )
+    if rule == "tinybert":
+        return [(m + 1) * teacher_layers // student_layers - 1 for m in range(student_layers)]
+    if student_layers == 1:
+        return [teacher_layers - 1]
+    return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a BERT-family encoder that a student may change."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+
+    @staticmethod
+    def of(config: Any) -> Shape:
+        return Shape(*model_dims(config))
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden // self.heads
+
+
+def student_shape_from_file(path: str) -> dict[str, int]:
+    """layers/hidden/heads/intermediate of a student config.json (BERT or DistilBERT names)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "config.json"
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.student_config {path}: cannot read a JSON config ({exc})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"model.student_config {path}: expected a JSON object")
+    shape = dict(zip(("layers", "hidden", "heads", "intermediate"), model_dims(raw), strict=True))
+    return {k: v for k, v in shape.items() if v}
+
+
+def merge_shape(flags: dict[str, int], config_file: str | None) -> dict[str, int]:
+    """The student's shape from ``model.student_*`` flags and ``model.student_config``; a flag
+    that is set (non-zero) must agree with the file."""
+    shape = dict(flags)
+    if config_file is None:
+        return shape
+    for key, value in student_shape_from_file(config_file).items():
+        if shape.get(key) and shape[key] != value:
+            raise UserError(
+                f"model.student_{key} {shape[key]} contradicts model.student_config "
+                f"{config_file} ({value}): set one of them"
+            )
+        shape[key] = value
+    return shape
+
+
+def resolve_shape(teacher: Shape, layers: int, hidden: int, heads: int, intermediate: int) -> Shape:
+    """The student's shape: what is given, and the teacher's proportions for what is 0."""
+    layers = layers or max(1, teacher.layers // 2)
+    hidden = hidden or teacher.hidden
+    if not heads:
+        if hidden == teacher.hidden:
+            heads = teacher.heads
+        elif hidden % teacher.head_size == 0:
+            heads = hidden // teacher.head_size
+        else:
+            raise UserError(
+                f"model.student_hidden {hidden} is not a multiple of the teacher's head size "
+                f"{teacher.head_size}: set model.student_heads"
+            )
+    if hidden % heads:
+        raise UserError(f"model.student_heads {heads} must divide model.student_hidden {hidden}")
+    intermediate = intermediate or round(teacher.intermediate * hidden / teacher.hidden)
+    if min(layers, hidden, heads, intermediate) < 1:
+        raise UserError("the student's layers, hidden size, heads and FFN size must be >= 1")
+    return Shape(layers, hidden, heads, intermediate)
+
+
+def _student_config(teacher: Any, shape: Shape, dropout: float | None) -> Any:
+    from transformers import DistilBertConfig
+
+    tc = teacher.config
+    if model_family(teacher) == "bert":
+        cfg = DistilBertConfig(
+            vocab_size=tc.vocab_size,
+            max_position_embeddings=tc.max_position_embeddings,
+            sinusoidal_pos_embds=False,
+            n_layers=shape.layers,
+            n_heads=shape.heads,
+            dim=shape.hidden,
+            hidden_dim=shape.intermediate,
+            dropout=tc.hidden_dropout_prob if dropout is None else dropout,
+            attention_dropout=tc.attention_probs_dropout_prob if dropout is None else dropout,
+            activation=tc.hidden_act,
+            initializer_range=tc.initializer_range,
+            pad_token_id=tc.pad_token_id if tc.pad_token_id is not None else 0,
+            tie_word_embeddings=True,
+        )
+        return cfg
+    cfg = type(tc).from_dict(tc.to_dict())
+    if hasattr(cfg, "num_hidden_layers"):
+        cfg.num_hidden_layers = shape.layers
+        cfg.hidden_size, cfg.num_attention_heads = shape.hidden, shape.heads
+        cfg.intermediate_size = shape.intermediate
+    else:
+        cfg.n_layers, cfg.dim, cfg.n_heads = shape.layers, shape.hidden, shape.heads
+        cfg.hidden_dim = shape.intermediate
+    set_dropout(cfg, dropout)
+    return cfg
+
+
+def _bert_to_distilbert(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[str, Any]:
+    out = {
+        "distilbert.embeddings.word_embeddings.weight": t["bert.embeddings.word_embeddings.weight"],
+        # BERT adds token-type embedding 0 to every token; DistilBERT has none: fold it in.
+        "distilbert.embeddings.position_embeddings.weight": t[
+            "bert.embeddings.position_embeddings.weight"
+        ]
+        + t["bert.embeddings.token_type_embeddings.weight"][0],
+        "distilbert.embeddings.LayerNorm.weight": t["bert.embeddings.LayerNorm.weight"],
+        "distilbert.embeddings.LayerNorm.bias": t["bert.embeddings.LayerNorm.bias"],
+        "vocab_transform.weight": t["cls.predictions.transform.dense.weight"],
+        "vocab_transform.bias": t["cls.predictions.transform.dense.bias"],
+        "vocab_layer_norm.weight": t["cls.predictions.transform.LayerNorm.weight"],
+        "vocab_layer_norm.bias": t["cls.predictions.transform.LayerNorm.bias"],
+        "vocab_projector.bias": t.get(
+            "cls.predictions.bias", t.get("cls.predictions.decoder.bias")
+        ),
+    }
+    names = {
+        "attention.q_lin": "attention.self.query",
+        "attention.k_lin": "attention.self.key",
+        "attention.v_lin": "attention.self.value",
+        "attention.out_lin": "attention.output.dense",
+        "sa_layer_norm": "attention.output.LayerNorm",
+        "ffn.lin1": "intermediate.dense",
+        "ffn.lin2": "output.dense",
+        "output_layer_norm": "output.LayerNorm",
+    }
+    for s_layer, t_layer in enumerate(layer_map):
+        for s_name, t_name in names.items():
+            for p in ("weight", "bias"):
+                out[f"distilbert.transformer.layer.{s_layer}.{s_name}.{p}"] = t[
+                    f"bert.encoder.layer.{t_layer}.{t_name}.{p}"
+                ]
+    return out
+
+
+def _renumber_layers(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[str, torch.Tensor]:
+    inverse: dict[int, list[int]] = {}
+    for s_layer, t_layer in enumerate(layer_map):
+        inverse.setdefault(t_layer, []).append(s_layer)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in t.items():
+        match = _LAYER_KEY.search(key)
+        if match is None:
+            out[key] = value
+            continue
+        for s_layer in inverse.get(int(match.group(1)), []):
+            out[key[: match.start()] + f".layer.{s_layer}." + key[match.end() :]] = value
+    return out
+
+
+# -- weight selection (Xu et al. 2023) -----------------------------------------------------------
+def spread(n: int, k: int) -> list[int]:
+    """k of the indices 0..n-1, evenly spread, 0 first: floor(i n / k) (all of them when k = n)."""
+    return [i * n // k for i in range(k)]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The teacher neurons a narrower student keeps (the same in every layer)."""
+
+    residual: list[int]  # teacher dimension of each student residual dimension
+    attention: list[int]  # teacher Q/K/V output index of each student Q/K/V output index
+    ffn: list[int]  # teacher intermediate neuron of each student one
+
+
+def selection(teacher: Shape, student: Shape) -> Selection:
+    """The consistent subset of teacher neurons of weight selection; refuses a wider student."""
+    if (
+        student.hidden > teacher.hidden
+        or student.heads > teacher.heads
+        or student.head_size > teacher.head_size
+        or student.intermediate > teacher.intermediate
+    ):
+        raise UserError(
+            f"model.init select takes a subset of the teacher's neurons, so the student can be no "
+            f"larger anywhere: teacher {teacher.hidden} wide, {teacher.heads} heads of "
+            f"{teacher.head_size}, FFN {teacher.intermediate}; student {student.hidden} wide, "
+            f"{student.heads} heads of {student.head_size}, FFN {student.intermediate}. Change "
+            "model.student_heads (or _hidden/_intermediate), or use model.init random"
+        )
+    heads = spread(teacher.heads, student.heads)
+    dims = spread(teacher.head_size, student.head_size)
+    return Selection(
+        residual=spread(teacher.hidden, student.hidden),
+        attention=[h * teacher.head_size + d for h in heads for d in dims],
+        ffn=spread(teacher.intermediate, student.intermediate),
+    )
+
+
+# (pattern of a student key, index set of dim 0, index set of dim 1); "" = keep the whole dim.
+_SELECT_RULES: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(p), d0, d1)
+    for p, d0, d1 in [
+        (r"(word|position|token_type)_embeddings\.weight$", "", "R"),
+        (r"(LayerNorm|layer_norm)\.(weight|bias)$", "R", ""),
+        (r"(q_lin|k_lin|v_lin|self\.query|self\.key|self\.value)\.weight$", "A", "R"),
+        (r"(q_lin|k_lin|v_lin|self\.query|self\.key|self\.value)\.bias$", "A", ""),
+        (r"(out_lin|attention\.output\.dense)\.weight$", "R", "A"),
+        (r"(ffn\.lin1|intermediate\.dense)\.weight$", "F", "R"),
+        (r"(ffn\.lin1|intermediate\.dense)\.bias$", "F", ""),
+        (r"(ffn\.lin2|\.output\.dense)\.weight$", "R", "F"),
+        (r"(vocab_transform|lm_head\.dense)\.weight$", "R", "R"),
+        (r"(out_lin|\.dense|ffn\.lin2|vocab_transform)\.bias$", "R", ""),
+        (r"(vocab_projector|lm_head|lm_head\.decoder)\.bias$", "", ""),
+        (r"(vocab_projector|decoder)\.weight$", "", "R"),
+    ]
+]
+
+
+def select_weights(state: dict[str, torch.Tensor], sel: Selection) -> dict[str, torch.Tensor]:
+    """Each tensor of a full-width student state dict cut down to the selected neurons."""
+    index = {"R": sel.residual, "A": sel.attention, "F": sel.ffn}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        rule = next((r for r in _SELECT_RULES if r[0].search(key)), None)
+        if rule is None:
+            raise RuntimeError(f"weight selection: no rule for the teacher tensor {key}")
+        for dim, which in enumerate(rule[1:3]):
+            if which and dim < value.ndim:
+                value = value.index_select(dim, torch.tensor(index[which]))
+        out[key] = value.contiguous()
+    return out
+
+
+def build_student(
+    teacher: MaskedLM,
+    layers: int,
+    layer_map: list[int] | None,
+    init: str,
+    attn: str,
+    dropout: float | None,
+    hidden: int = 0,
+    heads: int = 0,
+    intermediate: int = 0,
+    layer_map_rule: str = "distilbert",
+) -> tuple[MaskedLM, list[int]]:
+    """The student and its layer map; its weights per ``init`` (teacher, select or random)."""
+    from transformers import AutoModelForMaskedLM
+
+    t_shape = Shape.of(teacher.config)
+    shape = resolve_shape(t_shape, layers, hidden, heads, intermediate)
+    t_layers = teacher.num_layers
+    layer_map = (
+        list(layer_map) if layer_map else default_layer_map(t_layers, shape.layers, layer_map_rule)
+    )
+    if len(layer_map) != shape.layers or not all(0 <= i < t_layers for i in layer_map):
+        raise UserError(
+            f"model.layer_map {layer_map} must list {shape.layers} teacher layers in 0..{t_layers - 1}"
+        )
+    narrower = (shape.hidden, shape.heads, shape.intermediate) != (
+        t_shape.hidden,
+        t_shape.heads,
+        t_shape.intermediate,
+    )
+    if init == "teacher" and narrower:
+        raise UserError(
+            "model.init teacher copies whole teacher layers, so the student must have the teacher's "
+            f"width, heads and FFN ({t_shape.hidden}/{t_shape.heads}/{t_shape.intermediate}; the "
+            f"student has {shape.hidden}/{shape.heads}/{shape.intermediate}): use model.init select "
+            "(weight selection) or random"
+        )
+    sel = selection(t_shape, shape) if init == "select" else None
+    cfg = _student_config(teacher.model, shape, dropout)
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)  # random init is reproducible whatever ran before
+    student = AutoModelForMaskedLM.from_config(cfg, attn_implementation=attn)
+    if init in ("teacher", "select"):
+        t_state = {k: v.detach().float() for k, v in teacher.model.state_dict().items()}
+        if teacher.family == "bert":
+            state = _bert_to_distilbert(t_state, layer_map)
+        else:
+            state = _renumber_layers(t_state, layer_map)
+        state = {k: v for k, v in state.items() if "position_ids" not in k}
+        if sel is not None:
+            state = select_weights(state, sel)
+        result = student.load_state_dict(state, strict=False)
+        unexpected = [k for k in result.unexpected_keys if "position_ids" not in k]
+        missing = [
+            k
+            for k in result.missing_keys
+            if not k.endswith(("vocab_projector.weight", "decoder.weight", "position_ids"))
+        ]
+        if unexpected or missing:
+            raise RuntimeError(
+                f"student init from teacher: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        student.tie_weights()
+    return MaskedLM(student), layer_map
+
+
+def student_from_config(teacher: MaskedLM, m: ModelConfig) -> tuple[MaskedLM, list[int]]:
+    """:func:`build_student` with the shape of ``model.student_*`` and ``model.student_config``."""
+    flags = {
+        "layers": m.student_layers,
+        "hidden": m.student_hidden,
+        "heads": m.student_heads,
+        "intermediate": m.student_intermediate,
+    }
+    shape = merge_shape(flags, m.student_config)
+    return build_student(
+        teacher,
+        shape.get("layers", 0),
+        m.layer_map,
+        m.init,
+        m.attn_implementation,
+        m.dropout,
+        hidden=shape.get("hidden", 0),
+        heads=shape.get("heads", 0),
+        intermediate=shape.get("intermediate", 0),
+        layer_map_rule=m.layer_map_rule,
+    )

@@ -1,0 +1,144 @@
+"""Everything a run resolves from files before any process group exists.
+
+:func:`prepare` reads the data manifest, the DeepSpeed JSON, the teacher (or the MLM model) and
+the student built from it and the teacher cache, and checks each against the others. (Which
+checkpoint to resume from is decided after the process group starts: rank 0 chooses for all,
+see :meth:`pipeline.checkpoint.manager.CheckpointManager.agree_resume`.) It runs on every rank alike, so bad input fails fast everywhere with the same
+one-line error instead of leaving ranks waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from data_prep.hub import resolve
+from data_prep.tokenizer import check_model_tokenizer
+from pipeline.cache_teacher.reader import TeacherCache, open_cache
+from pipeline.config.schema import Config, RunPaths
+from pipeline.data.corpus import Corpus
+from pipeline.distributed.launch import DistEnv
+from pipeline.model.alignment import Alignment, projection_shapes, resolve_alignment
+from pipeline.model.masked_lm import (
+    MaskedLM,
+    check_model_fits,
+    load_mlm_model,
+    load_teacher,
+    model_shape,
+)
+from pipeline.model.student import Shape, student_from_config
+from pipeline.run.ds_config import EngineSettings, engine_settings
+
+
+@dataclass
+class Plan:
+    """Everything resolved before the process group starts."""
+
+    paths: RunPaths
+    corpus: Corpus
+    manifest: dict[str, Any]  # the corpus's (a blend's: combined)
+    engine: EngineSettings
+    student: MaskedLM
+    teacher: MaskedLM | None  # None when no loss needs a teacher forward
+    layer_map: list[int]
+    alignment: Alignment | None  # None for MLM-only training
+    max_steps: int
+    identity: dict[str, Any]
+    teacher_cache: TeacherCache | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def teacher_forward_needed(cfg: Config, cached: bool) -> bool:
+    """Whether the teacher must run: for hidden-state losses, or for logits not in a cache."""
+    return cfg.hidden_losses or (cfg.distilling and cfg.loss.alpha_ce > 0 and not cached)
+
+
+def _no_forward_note(cfg: Config) -> str:
+    if cfg.loss.alpha_ce > 0:
+        why = "logits come from the teacher cache"
+    elif cfg.model.init in ("teacher", "select"):
+        why = "no teacher loss is on (the teacher only initialised the student)"
+    else:
+        why = "no teacher loss is on (the teacher only set its shape)"
+    return f"no teacher forward: {why}"
+
+
+def resolve_models(paths: RunPaths) -> RunPaths:
+    """The teacher and the MLM model as local folders: hub IDs resolved through the hub cache."""
+    return dataclasses.replace(
+        paths,
+        teacher=str(resolve(paths.teacher, "--teacher")) if paths.teacher else None,
+        model=str(resolve(paths.model, "--model")) if paths.model else None,
+    )
+
+
+def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) -> Plan:
+    """Every file of the run read and checked; ``Plan.paths`` holds the resolved local folders."""
+    paths = resolve_models(paths)
+    corpus = Corpus(paths.sources)
+    manifest = corpus.manifest
+    engine = engine_settings(cfg, env.world_size, device.type)
+    cached = bool(paths.teacher_cache) and cfg.distilling and cfg.loss.alpha_ce > 0
+    notes: list[str] = []
+    teacher: MaskedLM | None = None
+    if paths.teacher is not None:
+        check_model_tokenizer(paths.teacher, manifest, paths.sources[0].path)
+        teacher_full = load_teacher(
+            paths.teacher, cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
+        )
+        check_model_fits(teacher_full.config, manifest, paths.teacher)
+        student, layer_map = student_from_config(teacher_full, cfg.model)
+        alignment = resolve_alignment(
+            cfg.loss,
+            Shape.of(teacher_full.config),
+            Shape.of(student.config),
+            layer_map,
+            cfg.model.init,
+        )
+        if teacher_forward_needed(cfg, cached):
+            teacher = teacher_full
+        else:
+            notes.append(_no_forward_note(cfg))
+    else:
+        assert paths.model is not None  # validate(): one of teacher and model
+        student = load_mlm_model(paths.model, cfg.model.attn_implementation, cfg.model.dropout)
+        check_model_fits(student.config, manifest, paths.model)
+        layer_map, alignment = [], None
+    cache = None
+    if cached:
+        cache = open_cache(cfg, paths, corpus)
+        notes.extend(cache.notes)
+        if cfg.hidden_losses:
+            notes.append(
+                "teacher cache in use for the logits, but a loss on the teacher's hidden states or "
+                "attention is on: the teacher still runs for those (the cache carries logits only)"
+            )
+    steps_per_epoch = (
+        int(manifest["splits"]["train"]["num_sequences"]) / cfg.train.global_batch_size
+    )
+    max_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    identity = {
+        "student": model_shape(student.config),
+        "layer_map": layer_map,
+        "objective_params": projection_shapes(cfg.loss, alignment),
+        "tokenizer": manifest["tokenizer"]["fingerprint"],
+        "data_manifest": corpus.fingerprint,
+    }
+    return Plan(
+        paths,
+        corpus,
+        manifest,
+        engine,
+        student,
+        teacher,
+        layer_map,
+        alignment,
+        max_steps,
+        identity,
+        cache,
+        notes,
+    )
