@@ -22,10 +22,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from data_prep.errors import UserError, cli_main
-from data_prep.manifest import SPLITS, manifest_path
+from data_prep.manifest import DataManifest, manifest_path
 from data_prep.packing import PACK_MODES
 from data_prep.prep_plan import PrepSettings, finalize, load_or_write_plan
 from data_prep.progress import Progress
@@ -217,20 +216,20 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
-def _print_summary(data_dir: Path, manifest: dict[str, Any]) -> None:
-    for split in SPLITS:
-        s = manifest["splits"][split]
+def _print_summary(data_dir: Path, manifest: DataManifest) -> None:
+    for name, split in manifest.splits.items():
         print(
-            f"{split}: {s['num_sequences']:,} sequences, {s['num_tokens']:,} tokens in {len(s['shards'])} shard(s)"
+            f"{name}: {split.num_sequences:,} sequences, {split.num_tokens:,} tokens in "
+            f"{len(split.shards)} shard(s)"
         )
-    stats = manifest["stats"]
+    stats = manifest.stats
     skipped = stats.get("skipped", {})
     if skipped:
         parts = ", ".join(f"{n:,} {reason}" for reason, n in sorted(skipped.items()))
         print(f"left out on purpose (not documents): {parts}")
     cuts = stats.get("cut_documents", 0)
     if cuts:
-        limit = manifest["settings"]["max_doc_bytes"] / (1 << 20)
+        limit = manifest.settings["max_doc_bytes"] / (1 << 20)
         print(
             f"cut {cuts:,} time(s) at line boundaries: documents longer than --max-doc-mb {limit:g}"
         )

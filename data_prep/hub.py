@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +55,29 @@ def is_hub_id(spec: str) -> bool:
         and ".." not in spec
         and not spec.endswith(".git")
     )
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the user named it and where its files are: resolved once, then passed on."""
+
+    name: str  # as given: a folder, a file or a hub ID
+    path: Path  # the local folder (or file) with the model's files
+    revision: str | None = None  # the hub commit of a snapshot; None for a local path
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"name": self.name, "path": str(self.path), "revision": self.revision}
+
+
+def resolve_ref(
+    spec: str | os.PathLike[str], what: str, kind: Literal["model", "tokenizer"] = "model"
+) -> ModelRef:
+    """:func:`resolve`, keeping the name as given and the hub revision of a snapshot folder."""
+    path = resolve(spec, what, kind)
+    revision = (
+        path.name if path != Path(spec).expanduser() and path.parent.name == "snapshots" else None
+    )
+    return ModelRef(str(spec), path, revision)
 
 
 def resolve(

@@ -10,7 +10,6 @@ unit boundaries). ``finalize`` checks that every unit is finished and merges the
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,11 @@ import numpy as np
 from data_prep.atomic import write_json
 from data_prep.errors import UserError
 from data_prep.indexed import bin_path, idx_path, token_dtype_for_vocab
-from data_prep.manifest import FORMAT, FORMAT_VERSION, SPLITS, manifest_path
-from data_prep.shard_units import PARTS_DIR, JobSettings
+from data_prep.manifest import MANIFEST_NAME, SPLITS, DataManifest, ShardEntry, Split
+from data_prep.shard_units import PARTS_DIR, JobSettings, prep_job, unit_counts_path
 from data_prep.sources import BadInput, DocStats, ReadOptions, WorkUnit, plan_units
 from data_prep.sources.inputs import input_signature
-from data_prep.tokenizer import TextTokenizer
-
-PLAN_NAME = "prep_plan.json"
+from data_prep.tokenizer import SpecialIds, TextTokenizer, TokenizerInfo
 
 
 @dataclass(frozen=True)
@@ -79,54 +76,55 @@ def load_or_write_plan(
 ) -> list[WorkUnit]:
     """The units of this job: from an existing plan of the same settings and inputs, or planned
     now (and written). A plan of other settings or other inputs is refused."""
-    path = data_dir / PLAN_NAME
+    job = prep_job(data_dir)
     signature = input_signature(list(settings.inputs))
-    old = json.loads(path.read_text()) if path.is_file() else None
-    if old is not None:
-        new_settings = settings.to_json()
-        diffs = [k for k in new_settings if old.get("settings", {}).get(k) != new_settings[k]]
+    new_settings = settings.to_json()
+    old = job.read_plan()
+    units: list[WorkUnit] | None = None
+
+    def differences(old: dict[str, Any]) -> list[str]:
+        nonlocal units
+        diffs = [
+            f"{k} (started with {old.get('settings', {}).get(k)}, now {v})"
+            for k, v in new_settings.items()
+            if old.get("settings", {}).get(k) != v
+        ]
         if old.get("tokenizer", {}).get("fingerprint") != tok.info.fingerprint:
             diffs.append("tokenizer")
-        if not diffs and old.get("inputs_signature") == signature:
-            return [WorkUnit.from_json(u) for u in old["units"]]
-        units = settings.plan() if not diffs else []
-        if not diffs and old.get("units") != [u.to_json() for u in units]:
-            diffs.append("input files (their sizes changed)")
-        if diffs:
-            raise UserError(
-                f"{path}: {data_dir} was prepared with different {', '.join(diffs)}; "
-                "use another --output folder, or delete this one to start over"
-            )
-    else:
+        if diffs or old.get("inputs_signature") == signature:
+            return diffs
+        units = settings.plan()  # same settings, inputs touched: the same units?
+        if old.get("units") != [u.to_json() for u in units]:
+            return ["input files (their sizes changed)"]
+        return []
+
+    if old is not None and job.check_plan(new_settings, differences) and units is None:
+        return [WorkUnit.from_json(u) for u in old["units"]]
+    if units is None:
         units = settings.plan()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    plan = {
-        "settings": settings.to_json(),
-        "tokenizer": tok.info.to_json(),
-        "inputs_signature": signature,
-        "units": [u.to_json() for u in units],
-    }
-    write_json(path, plan)
+    job.write_plan(
+        {
+            "settings": new_settings,
+            "tokenizer": tok.info.to_json(),
+            "inputs_signature": signature,
+            "units": [u.to_json() for u in units],
+        }
+    )
     return units
 
 
-def _merge_units(data_dir: Path, units: list[dict[str, Any]], vocab_size: int) -> dict[str, Any]:
-    """Totals over every unit record: splits with their shards, documents, stats, token counts."""
-    splits: dict[str, dict[str, Any]] = {
-        s: {"num_sequences": 0, "num_tokens": 0, "shards": []} for s in SPLITS
-    }
+def _merge_units(
+    data_dir: Path, records: list[dict[str, Any]], vocab_size: int
+) -> tuple[dict[str, Split], dict[str, Any], np.ndarray]:
+    """Totals over every unit record: splits with their shards, stats, token counts."""
+    shards: dict[str, list[ShardEntry]] = {s: [] for s in SPLITS}
     stats = DocStats()
     documents = dict.fromkeys(SPLITS, 0)
     input_bytes = 0
     counts = np.zeros(vocab_size, dtype=np.int64)
-    for u in units:
-        stem = data_dir / PARTS_DIR / f"unit-{u['index']:05d}"
-        record = json.loads(stem.with_suffix(".json").read_text())
+    for record in records:
         for split in SPLITS:
-            for shard in record["splits"][split]:
-                splits[split]["shards"].append(shard)
-                splits[split]["num_sequences"] += shard["num_sequences"]
-                splits[split]["num_tokens"] += shard["num_tokens"]
+            shards[split] += [ShardEntry(**shard) for shard in record["splits"][split]]
             documents[split] += record["documents"][split]
         stats.merge(
             DocStats(
@@ -136,52 +134,45 @@ def _merge_units(data_dir: Path, units: list[dict[str, Any]], vocab_size: int) -
             )
         )
         input_bytes += record["input_bytes"]
-        counts += np.load(stem.with_suffix(".counts.npy"))
-    return {
-        "splits": splits,
-        "stats": {
-            "documents": documents,
-            "bad": stats.bad.to_json(),
-            "skipped": stats.skipped,
-            "cut_documents": stats.cuts,
-            "input_bytes": input_bytes,
-        },
-        "token_counts": counts,
+        counts += np.load(unit_counts_path(data_dir, int(record["unit"]["index"])))
+    splits = {
+        split: Split(
+            sum(s.num_sequences for s in entries),
+            sum(s.num_tokens for s in entries),
+            tuple(entries),
+        )
+        for split, entries in shards.items()
     }
+    summary = {
+        "documents": documents,
+        "bad": stats.bad.to_json(),
+        "skipped": stats.skipped,
+        "cut_documents": stats.cuts,
+        "input_bytes": input_bytes,
+    }
+    return splits, summary, counts
 
 
-def _discard(data_dir: Path, splits: dict[str, Any]) -> None:
+def _discard(data_dir: Path, splits: dict[str, Split]) -> None:
     """Remove every shard and unit marker (the bad-input limit was passed)."""
-    for split in SPLITS:
-        for shard in splits[split]["shards"]:
-            for path in (idx_path(data_dir / shard["path"]), bin_path(data_dir / shard["path"])):
+    for split in splits.values():
+        for shard in split.shards:
+            for path in (idx_path(shard.prefix(data_dir)), bin_path(shard.prefix(data_dir))):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
     for marker in (data_dir / PARTS_DIR).glob("unit-*"):
         marker.unlink()
 
 
-def finalize(data_dir: Path, max_bad_fraction: float) -> dict[str, Any]:
-    """Check every unit, merge the unit records into manifest.json (atomically)."""
-    plan_path = data_dir / PLAN_NAME
-    if not plan_path.is_file():
-        raise UserError(f"{plan_path}: missing; run build_shards on this folder first")
-    plan = json.loads(plan_path.read_text())
-    units = plan["units"]
-    missing = [
-        u["index"]
-        for u in units
-        if not (data_dir / PARTS_DIR / f"unit-{u['index']:05d}.json").is_file()
-    ]
-    if missing:
-        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
-        raise UserError(
-            f"{data_dir}: {len(missing)} of {len(units)} units are not finished ({shown}); rerun the "
-            "array tasks that own them (or build_shards without --num-shards), then --finalize"
-        )
+def finalize(data_dir: Path, max_bad_fraction: float) -> DataManifest:
+    """Check every unit, merge the unit records into manifest.json (atomically, last)."""
+    job = prep_job(data_dir)
+    plan = job.read_plan()
+    if plan is None:
+        raise UserError(f"{job.plan_path}: missing; run build_shards on this folder first")
+    records = job.finished_records([str(u["index"]) for u in plan["units"]])
     tok = plan["tokenizer"]
-    merged = _merge_units(data_dir, units, tok["vocab_size"])
-    splits, stats = merged["splits"], merged["stats"]
+    splits, stats, counts = _merge_units(data_dir, records, tok["vocab_size"])
     bad = BadInput.from_json(stats["bad"])
     total_docs = sum(stats["documents"].values()) + bad.total
     if bad.total and bad.total > max_bad_fraction * total_docs:
@@ -193,21 +184,19 @@ def finalize(data_dir: Path, max_bad_fraction: float) -> dict[str, Any]:
             f"above --max-bad-fraction {max_bad_fraction}: {bad.summary()}. No shards were kept; "
             f"details in {report}. Fix the input or raise --max-bad-fraction"
         )
-    if splits["train"]["num_sequences"] == 0:
+    if splits["train"].num_sequences == 0:
         raise UserError(f"{data_dir}: the corpus produced no training sequences; check --input")
-    settings = plan["settings"]
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "seq_len": settings["seq_len"],
-        "vocab_size": tok["vocab_size"],
-        "dtype": np.dtype(token_dtype_for_vocab(tok["vocab_size"])).name,
-        "special_ids": tok["special_ids"],
-        "tokenizer": tok,
-        "settings": settings,
-        "splits": splits,
-        "stats": stats,
-        "token_counts": merged["token_counts"].tolist(),
-    }
-    write_json(manifest_path(data_dir), manifest)
+    special_ids = SpecialIds(**tok["special_ids"])
+    manifest = DataManifest(
+        seq_len=plan["settings"]["seq_len"],
+        vocab_size=tok["vocab_size"],
+        dtype=np.dtype(token_dtype_for_vocab(tok["vocab_size"])).name,
+        special_ids=special_ids,
+        tokenizer=TokenizerInfo(**{**tok, "special_ids": special_ids}),
+        settings=plan["settings"],
+        splits=splits,
+        stats=stats,
+        token_counts=counts.tolist(),
+    )
+    job.publish(MANIFEST_NAME, manifest.to_json())
     return manifest

@@ -24,16 +24,20 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.atomic import write_json
+from data_prep.atomic import atomic_open
 from data_prep.errors import UserError
-from data_prep.indexed import IndexedWriter, ShardInfo, token_dtype_for_vocab
+from data_prep.indexed import IndexedWriter, ShardInfo, bin_path, idx_path, token_dtype_for_vocab
 from data_prep.manifest import SPLITS
 from data_prep.packing import Packer
 from data_prep.progress import Progress
+from data_prep.restartable import RestartableJob
 from data_prep.sources import DocStats, Piece, ReadOptions, UnitReader, WorkUnit, piece_documents
 from data_prep.tokenizer import TextTokenizer
 
 PARTS_DIR = "parts"
+PLAN_NAME = "prep_plan.json"
+PLAN_FORMAT = "distil-prep-plan"
+PLAN_VERSION = 1
 EARLY_ABORT_DOCS = 1000
 ENCODE_CHARS = 1 << 18  # text per tokenizer call: bounds the tokenizer's per-token objects
 
@@ -192,22 +196,26 @@ class UnitJob:
         for split in SPLITS:
             for seq in self.packers[split].flush():
                 self.shards[split].add(seq)
+        splits = {s: self.shards[s].finish() for s in SPLITS}
         record = {
             "unit": self.unit.to_json(),
-            "splits": {s: self.shards[s].finish() for s in SPLITS},
+            "splits": splits,
             "documents": self.docs,
             "bad": self.stats.bad.to_json(),
             "skipped": self.stats.skipped,
             "cut_documents": self.stats.cuts,
             "input_bytes": self.nbytes,
         }
-        parts = data_dir / PARTS_DIR
-        counts_path = parts / f"unit-{self.unit.index:05d}.counts.npy"
-        counts_tmp = parts / f".unit-{self.unit.index:05d}.counts.{os.getpid()}.npy"
-        parts.mkdir(parents=True, exist_ok=True)
-        np.save(counts_tmp, self.counts)
-        os.replace(counts_tmp, counts_path)
-        write_json(parts / f"unit-{self.unit.index:05d}.json", record)  # the commit marker, last
+        counts_path = unit_counts_path(data_dir, self.unit.index)
+        with atomic_open(counts_path, "wb") as fh:
+            np.save(fh, self.counts)
+        files = [counts_path] + [
+            f(data_dir / shard["path"])
+            for shards in splits.values()
+            for shard in shards
+            for f in (bin_path, idx_path)
+        ]
+        prep_job(data_dir).commit(str(self.unit.index), record, files)
         return record
 
     def abort(self) -> None:
@@ -241,20 +249,36 @@ def _tasks(
         yield unit.index, None
 
 
+def prep_job(data_dir: Path) -> RestartableJob:
+    """DATA_DIR as a restartable job: the plan, and a marker per work unit."""
+    return RestartableJob(
+        folder=data_dir,
+        what="data prep",
+        plan_name=PLAN_NAME,
+        plan_format=PLAN_FORMAT,
+        plan_version=PLAN_VERSION,
+        marker_of=lambda unit: data_dir / PARTS_DIR / f"unit-{int(unit):05d}.json",
+        rerun="rerun the array tasks that own them (or build_shards without --num-shards), "
+        "then --finalize",
+    )
+
+
+def unit_counts_path(data_dir: Path, index: int) -> Path:
+    """The unit's token counts of its train documents (merged into the manifest)."""
+    return data_dir / PARTS_DIR / f"unit-{index:05d}.counts.npy"
+
+
 def unit_done(data_dir: Path, unit: WorkUnit) -> bool:
-    return (data_dir / PARTS_DIR / f"unit-{unit.index:05d}.json").is_file()
+    return prep_job(data_dir).done(str(unit.index))
 
 
 def remove_stale_temporaries(data_dir: Path, unit: WorkUnit) -> None:
-    """Delete the temporary files a killed run left for ``unit`` (never renamed into place).
-
-    Only this unit's files: other array tasks may be writing theirs in the same folder.
-    """
-    for split in SPLITS:
-        for path in (data_dir / split).glob(f".{unit.index:05d}-*.tmp-*"):
-            path.unlink(missing_ok=True)
-    for path in (data_dir / PARTS_DIR).glob(f".unit-{unit.index:05d}.*"):
-        path.unlink(missing_ok=True)
+    """The temporaries a killed run left for ``unit`` (never renamed into place); only this
+    unit's: other array tasks may be writing theirs in the same folder."""
+    places = [(data_dir / split, f"{unit.index:05d}-") for split in SPLITS]
+    prep_job(data_dir).remove_temporaries(
+        [*places, (data_dir / PARTS_DIR, f"unit-{unit.index:05d}.")]
+    )
 
 
 class _Drain:

@@ -245,17 +245,17 @@ def has_tokenizer_files(folder: str | os.PathLike[str]) -> bool:
 
 
 def check_model_tokenizer(
-    model_dir: str | os.PathLike[str], manifest: dict[str, Any], data_dir: str | os.PathLike[str]
+    model_dir: str | os.PathLike[str], data_tok: TokenizerInfo, data_dir: str | os.PathLike[str]
 ) -> bool:
-    """Refuse a model folder whose tokenizer is not the one the shards were made with.
+    """Refuse a model folder whose tokenizer is not ``data_tok``, the one the shards of
+    ``data_dir`` were made with.
 
     Data made with a SentencePiece ``.model`` is checked against the copy of that file a model
     folder carries (an export keeps it beside the converted Hugging Face tokenizer). A folder
     without tokenizer files cannot be checked: a warning says so and it returns False.
     """
-    data_tok = manifest["tokenizer"]
-    spm_copy = Path(model_dir) / Path(data_tok["path"]).name
-    if data_tok.get("kind") == "sentencepiece" and spm_copy.is_file():
+    spm_copy = Path(model_dir) / Path(data_tok.path).name
+    if data_tok.kind == "sentencepiece" and spm_copy.is_file():
         source = spm_copy
     elif has_tokenizer_files(model_dir):
         source = Path(model_dir)
@@ -268,12 +268,12 @@ def check_model_tokenizer(
         )
         return False
     mine = TextTokenizer(source).info.fingerprint
-    theirs = data_tok["fingerprint"]
+    theirs = data_tok.fingerprint
     if mine != theirs:
         raise UserError(
             f"{model_dir}: its tokenizer (fingerprint {mine[:12]}) differs from the one "
             f"{data_dir}/manifest.json was built with ({theirs[:12]}, from "
-            f"{data_tok.get('source') or data_tok['path']}); rebuild the data with python -m "
+            f"{data_tok.source or data_tok.path}); rebuild the data with python -m "
             f"data_prep.build_shards --tokenizer {model_dir} ..."
         )
     return True

@@ -37,7 +37,7 @@ from data_prep.indexed import (
     sha256_file,
     token_dtype_for_vocab,
 )
-from data_prep.manifest import SPLITS, load_manifest, manifest_path
+from data_prep.manifest import SPLITS, DataManifest, ShardEntry, load_manifest, manifest_path
 
 CHUNK_TOKENS = 1 << 22  # tokens scanned at a time (bincount widens them to int64: 32 MiB)
 
@@ -81,52 +81,38 @@ class ManifestFacts:
     sep: int
 
 
-def _manifest_facts(manifest: dict[str, Any], path: Path, report: Report) -> ManifestFacts | None:
-    """The checked facts of the manifest, or None (with problems reported) when unusable."""
+def _manifest_facts(manifest: DataManifest, path: Path, report: Report) -> ManifestFacts | None:
+    """The facts of the manifest the shards are checked against, or None (with problems
+    reported) when they make no sense."""
     fix = "rebuild the data with build_shards (or rerun --finalize)"
-    try:
-        seq_len = int(manifest["seq_len"])
-        vocab_size = int(manifest["vocab_size"])
-        dtype_name = str(manifest["dtype"])
-        cls = int(manifest["special_ids"]["cls"])
-        sep = int(manifest["special_ids"]["sep"])
-        splits = manifest["splits"]
-    except (KeyError, TypeError, ValueError) as exc:
-        report.problem(f"{path}: a required field is missing or malformed ({exc!r}); {fix}")
-        return None
-    ok = True
+    vocab_size, seq_len = manifest.vocab_size, manifest.seq_len
     if vocab_size <= 0 or seq_len < 3:
         report.problem(f"{path}: vocab_size {vocab_size} / seq_len {seq_len} make no sense; {fix}")
         return None
+    ok = True
     expected = np.dtype(token_dtype_for_vocab(vocab_size))
-    if dtype_name != expected.name:
+    if manifest.dtype != expected.name:
         report.problem(
-            f"{path}: dtype {dtype_name!r}, but a vocabulary of {vocab_size} needs "
+            f"{path}: dtype {manifest.dtype!r}, but a vocabulary of {vocab_size} needs "
             f"{expected.name!r}; {fix}"
         )
         ok = False
+    cls, sep = manifest.special_ids.cls, manifest.special_ids.sep
     for name, value in (("cls", cls), ("sep", sep)):
         if not 0 <= value < vocab_size:
             report.problem(f"{path}: special id {name}={value} is outside the vocabulary; {fix}")
             ok = False
-    for split in SPLITS:
-        entry = splits.get(split) if isinstance(splits, dict) else None
-        shards = entry.get("shards") if isinstance(entry, dict) else None
-        if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
-            report.problem(f"{path}: split {split!r} is missing or has no shard list; {fix}")
-            ok = False
     return ManifestFacts(seq_len, vocab_size, expected, cls, sep) if ok else None
 
 
-def _check_totals(manifest: dict[str, Any], path: Path, report: Report) -> None:
+def _check_totals(manifest: DataManifest, path: Path, report: Report) -> None:
     """Each split's totals equal the sum of its shards."""
-    for split in SPLITS:
-        entry = manifest["splits"][split]
+    for name, split in manifest.splits.items():
         for key in ("num_sequences", "num_tokens"):
-            total = sum(int(s.get(key, 0)) for s in entry["shards"])
-            if entry.get(key) != total:
+            total = sum(getattr(s, key) for s in split.shards)
+            if getattr(split, key) != total:
                 report.problem(
-                    f"{path}: splits.{split}.{key} is {entry.get(key)}, but its shards add up "
+                    f"{path}: splits.{name}.{key} is {getattr(split, key)}, but its shards add up "
                     f"to {total}; rerun build_shards --finalize on this folder"
                 )
 
@@ -146,126 +132,157 @@ def _scan_tokens(
     return lo, hi
 
 
-def check_shard(
-    data_dir: Path,
-    entry: dict[str, Any],
-    facts: ManifestFacts,
-    quick: bool,
-    report: Report,
-    counts: np.ndarray | None = None,
-) -> bool:
-    """Check one shard of the manifest; True when it is clean."""
-    before = len(report.problems)
-    report.shards += 1
-    rel = entry.get("path")
-    if not isinstance(rel, str) or not rel:
-        report.problem(
-            f"{manifest_path(data_dir)}: a shard entry has no path ({entry}); rerun --finalize"
-        )
-        return False
-    prefix = data_dir / rel
-    fix = rebuild_hint(data_dir, rel)
+@dataclass
+class _Shard:
+    """One shard under check: its files, its reader, and the advice for any problem."""
+
+    entry: ShardEntry
+    ipath: Path
+    bpath: Path
+    reader: IndexedReader
+    fix: str
+
+
+def _open_shard(data_dir: Path, entry: ShardEntry, report: Report) -> _Shard | None:
+    """Both files present and the index readable; None (problems reported) otherwise."""
+    prefix = entry.prefix(data_dir)
+    fix = rebuild_hint(data_dir, entry.path)
     ipath, bpath = idx_path(prefix), bin_path(prefix)
     missing = [p for p in (ipath, bpath) if not p.is_file()]
     for path in missing:
         report.problem(f"{path}: missing; {fix}")
     if missing:
-        return False
+        return None
     try:
         reader = IndexedReader(prefix)
     except ShardError as exc:
         report.problem(f"{exc.path}: {exc.problem}; {fix}")
-        return False
-    n = len(reader)
+        return None
+    return _Shard(entry, ipath, bpath, reader, fix)
+
+
+def _check_index(s: _Shard, facts: ManifestFacts, quick: bool, report: Report) -> bool:
+    """The index against the manifest: dtype, size, counts, checksums and sequence pointers.
+    False when the pointers are wrong (reading sequences would read the wrong places)."""
+    reader, n = s.reader, len(s.reader)
     if reader.dtype != facts.dtype:
         report.problem(
-            f"{ipath}: dtype {reader.dtype.name}, the manifest says {facts.dtype.name}; {fix}"
+            f"{s.ipath}: dtype {reader.dtype.name}, the manifest says {facts.dtype.name}; {s.fix}"
         )
-    extra = ipath.stat().st_size - index_size(n, len(reader.document_indices))
+    extra = s.ipath.stat().st_size - index_size(n, len(reader.document_indices))
     if extra:
-        report.problem(f"{ipath}: {extra} bytes after the index; {fix}")
-    if n != entry.get("num_sequences"):
+        report.problem(f"{s.ipath}: {extra} bytes after the index; {s.fix}")
+    if n != s.entry.num_sequences:
         report.problem(
-            f"{ipath}: {n} sequences, the manifest says {entry.get('num_sequences')}; {fix}"
+            f"{s.ipath}: {n} sequences, the manifest says {s.entry.num_sequences}; {s.fix}"
         )
-    if reader.num_tokens != entry.get("num_tokens"):
+    if reader.num_tokens != s.entry.num_tokens:
         report.problem(
-            f"{bpath}: {reader.num_tokens} tokens, the manifest says {entry.get('num_tokens')}; "
-            f"{fix}"
+            f"{s.bpath}: {reader.num_tokens} tokens, the manifest says {s.entry.num_tokens}; "
+            f"{s.fix}"
         )
     if not quick:
-        for path, key in ((bpath, "sha256_bin"), (ipath, "sha256_idx")):
+        for path, recorded in ((s.bpath, s.entry.sha256_bin), (s.ipath, s.entry.sha256_idx)):
             digest = sha256_file(path)
-            if digest != entry.get(key):
+            if digest != recorded:
                 report.problem(
                     f"{path}: sha256 {digest[:16]}... differs from the manifest's "
-                    f"{str(entry.get(key))[:16]}... (the file changed or is corrupt); {fix}"
+                    f"{recorded[:16]}... (the file changed or is corrupt); {s.fix}"
                 )
     lengths = reader.lengths.astype(np.int64)
-    itemsize = reader.dtype.itemsize
     expected_ptr = np.zeros(n, dtype=np.int64)
     if n > 1:
-        np.cumsum(lengths[:-1] * itemsize, out=expected_ptr[1:])
+        np.cumsum(lengths[:-1] * reader.dtype.itemsize, out=expected_ptr[1:])
     if not np.array_equal(reader.pointers, expected_ptr):
         bad = int(np.flatnonzero(reader.pointers != expected_ptr)[0])
-        report.problem(f"{ipath}: sequence pointers are inconsistent (first at {bad}); {fix}")
-        return False  # the per-sequence checks below would read the wrong places
+        report.problem(f"{s.ipath}: sequence pointers are inconsistent (first at {bad}); {s.fix}")
+        return False
     if not np.array_equal(reader.document_indices, np.arange(n + 1, dtype=np.int64)):
-        report.problem(f"{ipath}: document indices are not 0..{n}; {fix}")
+        report.problem(f"{s.ipath}: document indices are not 0..{n}; {s.fix}")
+    return True
+
+
+def _check_sequences(
+    s: _Shard, facts: ManifestFacts, report: Report, counts: np.ndarray | None
+) -> None:
+    """Every sequence: 3 to seq_len tokens, [CLS] first, [SEP] last, ids in the vocabulary."""
+    reader, lengths = s.reader, s.reader.lengths.astype(np.int64)
     short = np.flatnonzero(lengths < 3)
     if short.size:
         report.problem(
-            f"{bpath}: {short.size} sequence(s) shorter than 3 tokens (first: #{short[0]}); {fix}"
+            f"{s.bpath}: {short.size} sequence(s) shorter than 3 tokens (first: #{short[0]}); "
+            f"{s.fix}"
         )
     long = np.flatnonzero(lengths > facts.seq_len)
     if long.size:
         report.problem(
-            f"{bpath}: {long.size} sequence(s) longer than seq_len {facts.seq_len} "
-            f"(first: #{long[0]}, {lengths[long[0]]} tokens); {fix}"
+            f"{s.bpath}: {long.size} sequence(s) longer than seq_len {facts.seq_len} "
+            f"(first: #{long[0]}, {lengths[long[0]]} tokens); {s.fix}"
         )
-    if reader.num_tokens:
-        tokens = reader.tokens()
-        starts = reader.pointers // itemsize
-        nonempty = lengths > 0
-        firsts = np.asarray(tokens[starts[nonempty]])
-        lasts = np.asarray(tokens[(starts + lengths - 1)[nonempty]])
-        for what, values, want in (("start", firsts, facts.cls), ("end", lasts, facts.sep)):
-            wrong = np.flatnonzero(values != want)
-            if wrong.size:
-                name = "[CLS]" if want == facts.cls else "[SEP]"
-                report.problem(
-                    f"{bpath}: {wrong.size} sequence(s) do not {what} with {name} (id {want}); "
-                    f"first: #{np.flatnonzero(nonempty)[wrong[0]]}; {fix}"
-                )
-        lo, hi = _scan_tokens(reader, facts, counts)
-        if lo < 0 or hi >= facts.vocab_size:
+    if not reader.num_tokens:
+        return
+    tokens = reader.tokens()
+    starts = reader.pointers // reader.dtype.itemsize
+    nonempty = lengths > 0
+    firsts = np.asarray(tokens[starts[nonempty]])
+    lasts = np.asarray(tokens[(starts + lengths - 1)[nonempty]])
+    for what, values, want in (("start", firsts, facts.cls), ("end", lasts, facts.sep)):
+        wrong = np.flatnonzero(values != want)
+        if wrong.size:
+            name = "[CLS]" if want == facts.cls else "[SEP]"
             report.problem(
-                f"{bpath}: token ids span {lo}..{hi}, outside the vocabulary 0..{facts.vocab_size - 1}; "
-                f"{fix}"
+                f"{s.bpath}: {wrong.size} sequence(s) do not {what} with {name} (id {want}); "
+                f"first: #{np.flatnonzero(nonempty)[wrong[0]]}; {s.fix}"
             )
+    lo, hi = _scan_tokens(reader, facts, counts)
+    if lo < 0 or hi >= facts.vocab_size:
+        report.problem(
+            f"{s.bpath}: token ids span {lo}..{hi}, outside the vocabulary "
+            f"0..{facts.vocab_size - 1}; {s.fix}"
+        )
+
+
+def check_shard(
+    data_dir: Path,
+    entry: ShardEntry,
+    facts: ManifestFacts,
+    quick: bool,
+    report: Report,
+    counts: np.ndarray | None = None,
+) -> bool:
+    """Check one shard of the manifest; True when it is clean. ``counts``: add its tokens (less
+    the [CLS]/[SEP] framing, which is not corpus text) when it is clean."""
+    before = len(report.problems)
+    report.shards += 1
+    shard = _open_shard(data_dir, entry, report)
+    if shard is None:
+        return False
+    if not _check_index(shard, facts, quick, report):
+        return False
+    _check_sequences(shard, facts, report, counts)
+    n = len(shard.reader)
     report.sequences += n
-    report.tokens += reader.num_tokens
+    report.tokens += shard.reader.num_tokens
     clean = len(report.problems) == before
-    if clean and counts is not None:  # the [CLS]/[SEP] framing is not corpus text
+    if clean and counts is not None:
         counts[facts.cls] -= n
         counts[facts.sep] -= n
     return clean
 
 
 def _check_token_counts(
-    manifest: dict[str, Any],
+    manifest: DataManifest,
     path: Path,
     facts: ManifestFacts,
     counts: np.ndarray | None,
     report: Report,
 ) -> None:
     """token_counts has vocab_size entries and counts the corpus tokens of the train shards."""
-    token_counts = manifest.get("token_counts")
-    if not isinstance(token_counts, list) or len(token_counts) != facts.vocab_size:
-        got = len(token_counts) if isinstance(token_counts, list) else type(token_counts).__name__
+    token_counts = manifest.token_counts
+    if len(token_counts) != facts.vocab_size:
         report.problem(
-            f"{path}: token_counts has {got} entries, expected vocab_size {facts.vocab_size}; "
-            "rerun build_shards --finalize"
+            f"{path}: token_counts has {len(token_counts)} entries, expected vocab_size "
+            f"{facts.vocab_size}; rerun build_shards --finalize"
         )
         return
     if counts is None:
@@ -274,7 +291,7 @@ def _check_token_counts(
     # hold a [SEP] between documents, so that id may exceed the record. Every other must agree.
     recorded = np.asarray(token_counts, dtype=np.int64)
     differ = counts != recorded
-    if manifest.get("settings", {}).get("pack", "full") == "full":
+    if manifest.settings.get("pack", "full") == "full":
         differ[facts.sep] = counts[facts.sep] < recorded[facts.sep]
     if differ.any():
         first = int(np.flatnonzero(differ)[0])
@@ -310,9 +327,8 @@ def verify(data_dir: Path, quick: bool = False) -> Report:
     counts: np.ndarray | None = np.zeros(facts.vocab_size, dtype=np.int64)
     listed: set[Path] = set()
     for split in SPLITS:
-        for entry in manifest["splits"][split]["shards"]:
-            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-                listed.add(data_dir / entry["path"])
+        for entry in manifest.splits[split].shards:
+            listed.add(entry.prefix(data_dir))
             clean = check_shard(
                 data_dir, entry, facts, quick, report, counts if split == "train" else None
             )

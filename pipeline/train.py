@@ -44,14 +44,14 @@ def _main(argv: list[str] | None, preemption: Preemption) -> int:
         from pipeline.config.cli import parse_config
         from pipeline.distributed.comm import device_for, init_process_group
         from pipeline.distributed.launch import detect
-        from pipeline.run.plan import prepare
+        from pipeline.run.plan import prepare, resolve_models
         from pipeline.run.trainer import Trainer
 
         cfg, paths = parse_config(args)
         preemption.install(cfg.train.preempt_signals)
         env = detect()
         device = device_for(env)
-        plan = prepare(cfg, paths, env, device)
+        plan = prepare(cfg, paths, resolve_models(cfg), env, device)
         init_process_group(env, device)
         code = Trainer(cfg, env, device, plan).run(preemption)
     except UserError as exc:

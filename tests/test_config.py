@@ -30,7 +30,7 @@ def test_defaults_then_recipe_then_command_line(tmp_path: Path) -> None:
     assert cfg.loss.alpha_ce == 3.0 and isinstance(cfg.loss.alpha_ce, float)  # int widened
     assert cfg.loss.temperature == 1.5 and cfg.train.max_steps == 9  # the command line wins
     assert cfg.loss.alpha_mlm == 2.0  # untouched default: the DistilBERT recipe
-    assert (paths.teacher, paths.output, paths.model) == ("T", "R", None)
+    assert (cfg.model.teacher, paths.output, cfg.model.model) == ("T", "R", None)
     assert [(s.path, s.weight) for s in paths.sources] == [("D", 1.0)]
 
 
@@ -159,7 +159,7 @@ def test_validate_returns_the_required_paths() -> None:
     cfg = Config()
     cfg.model.model, cfg.data.data, cfg.train.output = "m.json", ["data"], "run"
     paths = validate(cfg)
-    assert (paths.model, paths.output, paths.teacher) == ("m.json", "run", None)
+    assert (cfg.model.model, paths.output, cfg.model.teacher) == ("m.json", "run", None)
     assert [s.path for s in paths.sources] == ["data"]
 
 

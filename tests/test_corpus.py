@@ -24,13 +24,11 @@ def test_sources_of_a_blend_are_seen_as_one_corpus(
     assert not single.blended and single.fingerprint == manifest_fingerprint(small_data_dir)
     blend = Corpus(parse_sources([f"0.3:{small_data_dir}", f"0.7:{second_data_dir}"]))
     m, a, b = blend.manifest, *blend.manifests
-    assert m["splits"]["train"]["num_sequences"] == (
-        a["splits"]["train"]["num_sequences"] + b["splits"]["train"]["num_sequences"]
-    )
-    keys = [s["path"] for s in m["splits"]["train"]["shards"]]
+    assert m.train.num_sequences == a.train.num_sequences + b.train.num_sequences
+    keys = [s.path for s in m.train.shards]
     assert len(set(keys)) == len(keys) and keys[0].startswith("s0/") and keys[-1].startswith("s1/")
-    assert all(Path(s["file"] + ".bin").is_file() for s in m["splits"]["train"]["shards"])
-    assert m["token_counts"] == (np.array(a["token_counts"]) + b["token_counts"]).tolist()
+    assert all(Path(f"{s.file}.bin").is_file() for s in m.train.shards)
+    assert m.token_counts == (np.array(a.token_counts) + b.token_counts).tolist()
     other = Corpus(parse_sources([f"0.5:{small_data_dir}", f"0.5:{second_data_dir}"]))
     assert other.fingerprint != blend.fingerprint  # the weights make the order
     assert other.content_fingerprint == blend.content_fingerprint  # a cache serves both

@@ -23,11 +23,11 @@ def test_sharded_dataset_reads_every_shard(small_data_dir: Path) -> None:
     dataset = ShardedDataset(small_data_dir, "train", manifest)
     direct = [
         r[i]
-        for s in manifest["splits"]["train"]["shards"]
-        for r in [IndexedReader(small_data_dir / s["path"])]
+        for s in manifest.train.shards
+        for r in [IndexedReader(small_data_dir / s.path)]
         for i in range(len(r))
     ]
-    assert len(dataset) == len(direct) == manifest["splits"]["train"]["num_sequences"]
+    assert len(dataset) == len(direct) == manifest.train.num_sequences
     assert all(np.array_equal(dataset[i], direct[i]) for i in range(len(direct)))
     with pytest.raises(IndexError):
         dataset[len(dataset)]
@@ -47,10 +47,10 @@ def test_validation_draws_from_every_shard(small_data_dir: Path) -> None:
     from pipeline.data.loader import EvalBatches
 
     manifest = load_manifest(small_data_dir)
-    shards = manifest["splits"]["valid"]["shards"]
+    shards = manifest.valid.shards
     assert len(shards) >= 2  # one per source file that has valid documents
     valid = ShardedDataset(small_data_dir, "valid", manifest)
     data = EvalBatches(valid, make_masker(manifest, MaskingConfig()), 56, 4, 0, 1, 12, 0)
-    starts = np.cumsum([0] + [s["num_sequences"] for s in shards])
+    starts = np.cumsum([0] + [s.num_sequences for s in shards])
     touched = {int(np.searchsorted(starts, i, side="right")) - 1 for i in data.indices}
     assert touched == set(range(len(shards)))

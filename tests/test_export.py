@@ -135,7 +135,7 @@ def test_a_sentencepiece_run_exports_a_tokenizer_with_its_ids(
     assert set(enc) == {"input_ids", "attention_mask"} and enc["input_ids"].shape[1] <= 64
     assert model(**enc).logits.shape[:2] == enc["input_ids"].shape
     assert (out / "spm.model").read_bytes() == model_file.read_bytes()
-    assert check_model_tokenizer(out, load_manifest(data), data)
+    assert check_model_tokenizer(out, load_manifest(data).tokenizer, data)
     card = (out / "README.md").read_text()
     assert "pretrained with masked-LM only" in card and "| steps | 2 of 2" in card
     assert json.loads((out / "distil_export.json").read_text())["step"] == 2

@@ -104,7 +104,11 @@ def test_cache_teacher_and_evaluate_take_ids(
          "--top-k", "8"]
     )  # fmt: skip
     job = cache_job.resolve(args, torch.device("cpu"))
-    assert job.teacher_dir.is_relative_to(hub_cache)
+    assert (
+        job.teacher.path.is_relative_to(hub_cache)
+        and job.teacher.name == TEACHER_ID
+        and job.teacher.revision is not None
+    )
     assert job.ident["teacher"] == teacher_fingerprint(tiny_teacher)["fingerprint"]
     out = tmp_path / "eval.json"
     evaluate.main(

@@ -13,7 +13,7 @@ from pipeline_helpers import make_bert_teacher
 from data_prep.errors import UserError
 from pipeline.config.cli import parse_config
 from pipeline.distributed.launch import DistEnv
-from pipeline.run.plan import Plan, prepare
+from pipeline.run.plan import Plan, prepare, resolve_models
 
 REPO = Path(__file__).resolve().parent.parent
 ONE_RANK = DistEnv(0, 1, 0, "127.0.0.1", 0, "single")
@@ -23,7 +23,7 @@ FP32 = str(REPO / "ds_configs" / "zero2_fp32.json")
 
 def _prepare(*argv: str | Path) -> Plan:
     cfg, paths = parse_config([*map(str, argv)])
-    return prepare(cfg, paths, ONE_RANK, CPU)
+    return prepare(cfg, paths, resolve_models(cfg), ONE_RANK, CPU)
 
 
 def _args(teacher: Path, data: Path, out: Path) -> list[str | Path]:

@@ -112,19 +112,25 @@ def _tree_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _tokens(data_dir: Path) -> int:
+    from data_prep.manifest import load_manifest
+
+    return sum(split.num_tokens for split in load_manifest(data_dir).splits.values())
+
+
 def read_shards(data_dir: Path) -> tuple[int, int, int]:
     """(tokens, sum of ids, bytes) of every train sequence, read one by one."""
     from data_prep.indexed import IndexedReader, bin_path
+    from data_prep.manifest import load_manifest
 
-    manifest = json.loads((data_dir / "manifest.json").read_text())
     tokens = checksum = nbytes = 0
-    for shard in manifest["splits"]["train"]["shards"]:
-        reader = IndexedReader(data_dir / shard["path"])
+    for shard in load_manifest(data_dir).train.shards:
+        reader = IndexedReader(shard.prefix(data_dir))
         for i in range(len(reader)):
             seq = reader[i]
             tokens += seq.size
             checksum += int(seq.sum(dtype=np.int64))
-        nbytes += bin_path(data_dir / shard["path"]).stat().st_size
+        nbytes += bin_path(shard.prefix(data_dir)).stat().st_size
     return tokens, checksum, nbytes
 
 
@@ -226,8 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             cmd += ["--tokenizer", args.tokenizer, "--seq-len", str(args.seq_len)]
             cmd += ["--output", str(out_dir), "--workers", str(workers), "--quiet"]
             seconds, _ = _run(cmd, env)
-            manifest = json.loads((out_dir / "manifest.json").read_text())
-            tokens = sum(manifest["splits"][s]["num_tokens"] for s in ("train", "valid"))
+            tokens = _tokens(out_dir)
             digests[workers] = _tree_digest(out_dir)
             extra: dict[str, Any] = {"workers": workers}
             if workers > 1:

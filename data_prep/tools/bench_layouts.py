@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_prep.manifest import load_manifest
+
 REPO = Path(__file__).resolve().parents[2]
 
 LAYOUTS = ("blank_txt", "sentence_txt", "jsonl_zst", "small_files", "wiki_dump")
@@ -245,8 +247,7 @@ def bench_layout(
     cmd = [py, "-m", "data_prep.build_shards", "--input", *inputs, *flags, "--tokenizer", tokenizer]
     cmd += ["--seq-len", "128", "--output", str(out_dir), "--workers", str(workers), "--quiet"]
     run = run_watched(cmd, env, REPO)
-    manifest = json.loads((out_dir / "manifest.json").read_text())
-    tokens = sum(manifest["splits"][s]["num_tokens"] for s in ("train", "valid"))
+    tokens = sum(split.num_tokens for split in load_manifest(out_dir).splits.values())
     units = len(json.loads((out_dir / "prep_plan.json").read_text())["units"])
     row = _row(name, f"build_shards_w{workers}", run, in_mb, tokens, base, workers, units=units)
     emit(row)

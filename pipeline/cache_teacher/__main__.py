@@ -20,13 +20,11 @@ that, e.g. after shards were computed by separate jobs).
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from data_prep.atomic import write_json
 from data_prep.errors import UserError, cli_main
 from data_prep.progress import Progress
 from pipeline.cache_teacher import format as tc
@@ -40,7 +38,7 @@ from pipeline.cache_teacher.job import (
     planned_rows,
     resolve,
 )
-from pipeline.cache_teacher.writer import finalize, process_shard, shard_done
+from pipeline.cache_teacher.writer import finalize, process_shard
 from pipeline.data.masking import make_masker
 from pipeline.distributed.comm import ControlGroup, device_for, init_process_group
 from pipeline.distributed.launch import detect, quiet_libraries
@@ -55,12 +53,12 @@ def _check_room(job: Job, todo: list[int], rows: int, group: ControlGroup, main:
     """Print what the job will write (rank 0) and refuse a disk that cannot hold it (every rank)."""
     views = int(job.settings["num_views"])
     need = planned_bytes(job, todo, rows)
-    my_tokens = sum(int(job.shards[i]["num_tokens"]) for i in todo)
+    my_tokens = sum(job.shards[i].num_tokens for i in todo)
     sums = group.reduce(torch.tensor([need, len(todo), my_tokens], dtype=torch.float64))
     total_need, total_todo, total_tokens = sums.tolist()
     min_free = group.reduce(torch.tensor([free_bytes(job.out)], dtype=torch.float64), "MIN").item()
     if main:
-        s, train = job.settings, job.manifest["splits"]["train"]
+        s, train = job.settings, job.manifest.train
         what = (
             f"top-{s['k']} ({s['id_dtype']} ids, {s['value_dtype']} log-probs)"
             if s["mode"] == "topk"
@@ -73,7 +71,7 @@ def _check_room(job: Job, todo: list[int], rows: int, group: ControlGroup, main:
             else ""
         )
         print(
-            f"cache_teacher: {train['num_sequences']:,} sequences in {len(job.shards)} shard(s), "
+            f"cache_teacher: {train.num_sequences:,} sequences in {len(job.shards)} shard(s), "
             f"{views} view(s), {what}: {tc.row_bytes(s)} B per masked position, {per_token}"
             f"to write: {human_bytes(total_need)} for {int(total_todo)} shard(s)"
             + (f" ({done} already done)" if done else "")
@@ -94,9 +92,9 @@ def _write_shards(
     if not todo:
         return
     masker = make_masker(job.manifest, job.masking)
-    teacher = load_teacher(str(job.teacher_dir), job.attn, need_head=True)
+    teacher = load_teacher(str(job.teacher.path), job.attn, need_head=True)
     teacher.to(device=device, dtype=DTYPES[job.dtype])
-    starts = np.concatenate([[0], np.cumsum([sh["num_sequences"] for sh in job.shards])])
+    starts = np.concatenate([[0], np.cumsum([sh.num_sequences for sh in job.shards])])
     total = int(job.settings["num_views"]) * rows * tc.row_bytes(job.settings)
     progress = Progress(label, total_bytes=total, enabled=not quiet)
     for i in todo:
@@ -104,8 +102,8 @@ def _write_shards(
     progress.close()
 
 
-def _report(job: Job, manifest: dict[str, Any]) -> None:
-    t = manifest["totals"]
+def _report(job: Job, manifest: tc.CacheManifest) -> None:
+    t = manifest.totals
     covered = (
         f"the top-{job.settings['k']} ids hold {t['mean_covered']:.1%} of the teacher's mass at "
         f"T={job.temperature} on average"
@@ -130,12 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.finalize:
         check_plan(job)
         manifest = finalize(job)
-        print(f"wrote {job.out / tc.MANIFEST_NAME}: {human_bytes(manifest['totals']['bytes'])}")
+        print(f"wrote {job.out / tc.MANIFEST_NAME}: {human_bytes(manifest.totals['bytes'])}")
         return
     resumed = check_plan(job)
-    views = int(job.settings["num_views"])
     mine = range(env.rank, len(job.shards), env.world_size)
-    todo = [i for i in mine if not shard_done(job.out, job.shards[i], views)]
+    todo = [i for i in mine if not job.restartable.done(job.shards[i].path)]
     # A caller that already runs a process group (a benchmark calling main()) keeps it.
     own_group = env.world_size > 1 and not dist.is_initialized()
     if own_group:
@@ -145,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = group.together(lambda: planned_rows(job, todo))
     _check_room(job, todo, rows, group, env.is_main)
     write_plan = env.is_main and not resumed
-    group.together(lambda: write_json(job.out / tc.PLAN_NAME, job.plan()) if write_plan else None)
+    group.together(lambda: job.restartable.write_plan(job.plan()) if write_plan else None)
     label = "cache_teacher" if env.world_size == 1 else f"cache_teacher[rank {env.rank}]"
     # together(): also the barrier before rank 0 writes the manifest
     group.together(lambda: _write_shards(job, todo, rows, device, label, args.quiet))

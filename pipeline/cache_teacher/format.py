@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ import numpy as np
 
 from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader, sha256_file, token_dtype_for_vocab
+from data_prep.manifest import DataManifest
+from data_prep.versioned import load_versioned
 from pipeline.data.masking import MaskingSpec
 
 FORMAT = "distil-teacher-cache"
@@ -139,7 +142,7 @@ def teacher_fingerprint(path: str | Path) -> dict[str, Any]:
 def identity(
     teacher_fp: str,
     data_fp: str,
-    manifest: dict[str, Any],
+    manifest: DataManifest,
     spec: MaskingSpec,
     seed: int,
     temperature: float,
@@ -147,9 +150,9 @@ def identity(
     """What the cached values depend on and the trainer must match, key by key."""
     return {
         "teacher": teacher_fp,
-        "tokenizer": manifest["tokenizer"]["fingerprint"],
+        "tokenizer": manifest.tokenizer.fingerprint,
         "data_manifest": data_fp,
-        "seq_len": int(manifest["seq_len"]),
+        "seq_len": manifest.seq_len,
         "masking": spec.fingerprint(),
         "seed": int(seed),
         "temperature": float(temperature),
@@ -199,7 +202,31 @@ def rebuild_command(
 
 
 # --- the manifest -----------------------------------------------------------------------------
-def load_cache_manifest(cache_dir: str | Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CacheManifest:
+    """CACHE_DIR/manifest.json: the plan of the job (identity, settings, sources), the done
+    record of every shard (rows, bytes and sha256 of each view's files) and the totals."""
+
+    identity: dict[str, Any]
+    settings: dict[str, Any]
+    shards: list[dict[str, Any]]
+    totals: dict[str, Any]
+
+    @staticmethod
+    def from_json(body: dict[str, Any], where: Path) -> CacheManifest:
+        try:
+            return CacheManifest(
+                dict(body["identity"]), dict(body["settings"]), list(body["shards"]),
+                dict(body["totals"]),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(
+                f"{where}: a required field is missing or malformed ({exc!r}); rerun "
+                "cache_teacher --finalize"
+            ) from None
+
+
+def load_cache_manifest(cache_dir: str | Path) -> CacheManifest:
     folder = Path(cache_dir)
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
@@ -214,13 +241,10 @@ def load_cache_manifest(cache_dir: str | Path) -> dict[str, Any]:
             else "not a teacher cache; build one with python -m pipeline.cache_teacher"
         )
         raise UserError(f"{path}: missing; {hint}")
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); rerun cache_teacher --finalize") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')}, expected "
-            f"{FORMAT!r} v{FORMAT_VERSION}; rebuild the cache with this version of distil"
-        )
-    return manifest
+    body = load_versioned(
+        path,
+        FORMAT,
+        FORMAT_VERSION,
+        "rebuild the cache with this version of distil (or rerun cache_teacher --finalize)",
+    )
+    return CacheManifest.from_json(body, path)

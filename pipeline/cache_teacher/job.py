@@ -5,7 +5,6 @@ the teacher and any job already started in CACHE_DIR, and the size it will write
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,10 @@ from typing import Any
 import torch
 
 from data_prep.errors import UserError
-from data_prep.hub import resolve as resolve_hub_id
+from data_prep.hub import ModelRef, resolve_ref
 from data_prep.indexed import IndexedReader
-from data_prep.manifest import shard_prefix
+from data_prep.manifest import DataManifest, ShardEntry
+from data_prep.restartable import RestartableJob
 from data_prep.tokenizer import check_model_tokenizer
 from pipeline.cache_teacher import format as tc
 from pipeline.config.cli import apply_overrides, load_recipe
@@ -33,9 +33,9 @@ class Job:
     """Everything resolved from the command line and the inputs, identical on every rank."""
 
     corpus: Corpus  # one DATA_DIR, or every source of a blend (a cache serves any weights)
-    teacher_dir: Path
+    teacher: ModelRef
     out: Path
-    manifest: dict[str, Any]
+    manifest: DataManifest
     masking: MaskingConfig
     seed: int
     temperature: float
@@ -51,11 +51,24 @@ class Job:
         return masking_spec(self.manifest, self.masking)
 
     @property
-    def shards(self) -> list[dict[str, Any]]:
-        return list(self.manifest["splits"]["train"]["shards"])
+    def shards(self) -> list[ShardEntry]:
+        return list(self.manifest.train.shards)
 
     def shard_prefix(self, i: int) -> Path:
-        return shard_prefix(self.corpus.sources[0].path, self.shards[i])
+        return self.shards[i].prefix(self.corpus.sources[0].path)
+
+    @property
+    def restartable(self) -> RestartableJob:
+        """CACHE_DIR as a restartable job: plan.json, and a done marker per train shard."""
+        return RestartableJob(
+            folder=self.out,
+            what="teacher cache",
+            plan_name=tc.PLAN_NAME,
+            plan_format=tc.FORMAT,
+            plan_version=tc.FORMAT_VERSION,
+            marker_of=lambda shard_path: tc.done_marker(self.out, shard_path),
+            rerun="rerun the same cache_teacher command (done shards are kept)",
+        )
 
     def plan(self) -> dict[str, Any]:
         """What a restart must agree with (plan.json), and the head of manifest.json."""
@@ -66,7 +79,7 @@ class Job:
             "settings": self.settings,
             "sources": {
                 "data": [str(Path(s.path).resolve()) for s in self.corpus.sources],
-                "teacher": str(self.teacher_dir.resolve()),
+                "teacher": str(self.teacher.path.resolve()),
                 "teacher_files": self.teacher_files,
             },
         }
@@ -157,7 +170,8 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
     if not args.data or not args.teacher:
         raise UserError("--data and --teacher are required")
     corpus = Corpus(parse_sources(args.data, need_weights=False))
-    teacher_dir = resolve_hub_id(args.teacher, "--teacher")
+    teacher = resolve_ref(args.teacher, "--teacher")
+    teacher_dir = teacher.path
     manifest = corpus.manifest
     if args.mode == "topk":
         if args.samples is not None:
@@ -183,7 +197,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
     seed, temperature = run.train.seed, run.loss.temperature
     if not (teacher_dir / "config.json").is_file():
         raise UserError(f"{teacher_dir}: not a Hugging Face model folder (no config.json)")
-    check_model_tokenizer(teacher_dir, manifest, corpus.sources[0].path)
+    check_model_tokenizer(teacher_dir, manifest.tokenizer, corpus.sources[0].path)
     teacher_config = AutoConfig.from_pretrained(str(teacher_dir))
     check_model_fits(teacher_config, manifest, str(teacher_dir))
     teacher_vocab = int(teacher_config.vocab_size)
@@ -205,7 +219,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
         settings["samples"] = samples
     return Job(
         corpus=corpus,
-        teacher_dir=teacher_dir,
+        teacher=teacher,
         out=Path(args.out),
         manifest=manifest,
         masking=run.masking,
@@ -224,20 +238,17 @@ def resolve(args: argparse.Namespace, device: torch.device) -> Job:
 
 def check_plan(job: Job) -> bool:
     """True when CACHE_DIR/plan.json exists; refuse one written with other settings."""
-    path = job.out / tc.PLAN_NAME
-    if not path.is_file():
-        return False
-    old = json.loads(path.read_text())
-    diffs = tc.identity_differences(old.get("identity", {}), job.ident)
-    for key, value in job.settings.items():
-        if old.get("settings", {}).get(key) != value:
-            diffs.append(f"{key} (started with {old.get('settings', {}).get(key)}, now {value})")
-    if diffs:
-        raise UserError(
-            f"{job.out} holds a cache job started with other settings; differs: {'; '.join(diffs)}. "
-            "Finish it with its settings, or write the new cache to another --out"
-        )
-    return True
+
+    def differences(old: dict[str, Any]) -> list[str]:
+        diffs = tc.identity_differences(old.get("identity", {}), job.ident)
+        for key, value in job.settings.items():
+            if old.get("settings", {}).get(key) != value:
+                diffs.append(
+                    f"{key} (started with {old.get('settings', {}).get(key)}, now {value})"
+                )
+        return diffs
+
+    return job.restartable.check_plan(job.plan(), differences)
 
 
 # --- sizes ------------------------------------------------------------------------------------
@@ -250,7 +261,7 @@ def planned_rows(job: Job, shard_nos: list[int]) -> int:
 
 def planned_bytes(job: Job, shard_nos: list[int], rows: int) -> int:
     views = int(job.settings["num_views"])
-    offsets = sum(job.shards[i]["num_sequences"] + 1 for i in shard_nos) * tc.OFFSET_DTYPE.itemsize
+    offsets = sum(job.shards[i].num_sequences + 1 for i in shard_nos) * tc.OFFSET_DTYPE.itemsize
     return views * (rows * tc.row_bytes(job.settings) + offsets)
 
 

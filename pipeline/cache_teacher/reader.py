@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from data_prep.errors import UserError
+from data_prep.hub import ModelRef
 from pipeline.cache_teacher.format import (
     MANIFEST_NAME,
     OFFSET_DTYPE,
+    CacheManifest,
     done_marker,
     identity,
     identity_differences,
@@ -28,7 +30,7 @@ from pipeline.cache_teacher.format import (
     shard_file,
     teacher_fingerprint,
 )
-from pipeline.config.schema import Config, RunPaths
+from pipeline.config.schema import Config
 from pipeline.data.corpus import Corpus
 from pipeline.data.masking import IGNORE_INDEX, masking_spec
 
@@ -49,17 +51,17 @@ def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
 class TeacherCache:
     """Memory-mapped cached teacher targets, looked up by (global sample index, view)."""
 
-    def __init__(self, cache_dir: str | Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, cache_dir: str | Path, manifest: CacheManifest) -> None:
         self.dir = Path(cache_dir)
         self.manifest = manifest
-        s = manifest["settings"]
+        s = manifest.settings
         self.mode: str = s["mode"]
         self.k = int(s["k"])
         self.num_views = int(s["num_views"])
         self.samples = int(s.get("samples", 0))
         self.id_dtype = np.dtype(s["id_dtype"])
         self.value_dtype = np.dtype(s["value_dtype"])
-        self.shards: list[dict[str, Any]] = manifest["shards"]
+        self.shards: list[dict[str, Any]] = manifest.shards
         counts = np.array([sh["num_sequences"] for sh in self.shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
         self._views: dict[tuple[int, int], _View] = {}
@@ -160,17 +162,16 @@ class TeacherCache:
         return torch.from_numpy(id_arr.astype(np.int64)), self.to_logp(val_arr)
 
 
-def open_cache(cfg: Config, paths: RunPaths, corpus: Corpus) -> TeacherCache:
+def open_cache(cfg: Config, teacher: ModelRef, cache_dir: str, corpus: Corpus) -> TeacherCache:
     """The run's teacher cache, after checking that it was built for exactly this run.
 
     Refuses (one-line :class:`UserError`) a cache of another teacher, tokenizer, data, seq_len,
     masking, seed or temperature, naming each difference and the command that rebuilds it, and
     a run that scores positions the cache does not hold (``loss.ce_positions all``).
     """
-    assert paths.teacher_cache is not None and paths.teacher is not None
-    folder = Path(paths.teacher_cache)
+    folder = Path(cache_dir)
     cm = load_cache_manifest(folder)
-    settings = cm["settings"]
+    settings = cm.settings
     if cfg.loss.ce_positions != "masked":
         raise UserError(
             f"--teacher-cache {folder}: the cache holds the teacher's logits at masked positions only, "
@@ -179,18 +180,18 @@ def open_cache(cfg: Config, paths: RunPaths, corpus: Corpus) -> TeacherCache:
     manifest = corpus.manifest
     spec = masking_spec(manifest, cfg.masking)
     run = identity(
-        teacher_fingerprint(paths.teacher)["fingerprint"],
+        teacher_fingerprint(teacher.path)["fingerprint"],
         corpus.content_fingerprint,
         manifest,
         spec,
         cfg.train.seed,
         cfg.loss.temperature,
     )
-    diffs = identity_differences(cm["identity"], run)
+    diffs = identity_differences(cm.identity, run)
     if diffs:
         cmd = rebuild_command(
-            " ".join(s.path for s in paths.sources),
-            cfg.model.teacher or paths.teacher,  # as the user named it (a hub ID stays an ID)
+            " ".join(s.path for s in corpus.sources),
+            teacher.name,  # as the user named it (a hub ID stays an ID)
             settings,
             spec.fingerprint(),
             cfg.train.seed,
@@ -201,10 +202,10 @@ def open_cache(cfg: Config, paths: RunPaths, corpus: Corpus) -> TeacherCache:
             f"Rebuild it for this run with: {cmd} (or run with the cache's settings)"
         )
     cache = TeacherCache(folder, cm)
-    train = manifest["splits"]["train"]
-    if len(cache) != int(train["num_sequences"]):  # the data fingerprint matched: a broken cache
+    train = manifest.train
+    if len(cache) != train.num_sequences:  # the data fingerprint matched: a broken cache
         raise UserError(
-            f"{folder}: {len(cache)} sequences cached, the data has {train['num_sequences']}; rebuild the cache"
+            f"{folder}: {len(cache)} sequences cached, the data has {train.num_sequences}; rebuild the cache"
         )
     what = (
         f"top-{cache.k} {settings['value_dtype']} log-probs"

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import time
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 
-from data_prep.atomic import fsync_dir, tmp_name, write_json
+from data_prep.atomic import tmp_name
 from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader
 from data_prep.progress import Progress
@@ -86,37 +84,6 @@ class _ViewWriter:
                 path.unlink()
 
 
-def shard_done(out: Path, shard: dict[str, Any], views: int) -> bool:
-    """The marker exists and every file it names is there with its size."""
-    import json
-
-    marker = tc.done_marker(out, shard["path"])
-    if not marker.is_file():
-        return False
-    try:
-        info = json.loads(marker.read_text())
-    except ValueError:
-        return False
-    if info.get("num_sequences") != shard["num_sequences"] or len(info.get("views", [])) != views:
-        return False
-    for v, view in enumerate(info["views"]):
-        for kind, f in view["files"].items():
-            path = tc.shard_file(out, shard["path"], v, kind)
-            if not path.is_file() or path.stat().st_size != f["bytes"]:
-                return False
-    return True
-
-
-def remove_stale_temporaries(out: Path, shard_path: str) -> None:
-    """Temporaries of a killed earlier attempt at this shard (any pid)."""
-    prefix = tc.done_marker(out, shard_path).name[: -len(".done.json")]
-    folder = (out / shard_path).parent
-    if folder.is_dir():
-        for p in folder.glob(f".{prefix}.*.tmp-*"):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-
-
 def sample_rows(
     logp: torch.Tensor, n: int, seed: int, view: int, indices: list[int], per_sequence: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -163,16 +130,17 @@ def process_shard(
 ) -> None:
     """Every view of one shard: written, renamed into place, then marked done."""
     shard = job.shards[shard_no]
-    path = shard["path"]
-    remove_stale_temporaries(job.out, path)
+    path = shard.path
+    marker = tc.done_marker(job.out, path)
+    job.restartable.remove_temporaries([(marker.parent, marker.name[: -len("done.json")])])
     prefix = job.shard_prefix(shard_no)
     reader = IndexedReader(prefix)
-    if len(reader) != shard["num_sequences"]:
+    if len(reader) != shard.num_sequences:
         raise UserError(
-            f"{prefix}.idx: {len(reader)} sequences, the manifest says {shard['num_sequences']}; run python -m data_prep.verify {prefix.parent.parent}"
+            f"{prefix}.idx: {len(reader)} sequences, the manifest says {shard.num_sequences}; run python -m data_prep.verify {prefix.parent.parent}"
         )
     expected = tc.masked_counts(reader, job.spec)
-    pad_id = int(job.manifest["special_ids"]["pad"])
+    pad_id = job.manifest.special_ids.pad
     s = job.settings
     k, n_views = int(s["k"]), int(s["num_views"])
     id_dt, val_dt = np.dtype(s["id_dtype"]), np.dtype(s["value_dtype"])
@@ -223,41 +191,24 @@ def process_shard(
         for w in writers:
             w.abort()
         raise
-    fsync_dir(tc.done_marker(job.out, path).parent)
-    write_json(
-        tc.done_marker(job.out, path),
-        {
-            "path": path,
-            "num_sequences": len(reader),
-            "num_tokens": reader.num_tokens,
-            "views": views,
-        },
-    )
+    record = {
+        "path": path,
+        "num_sequences": len(reader),
+        "num_tokens": reader.num_tokens,
+        "views": views,
+    }
+    job.restartable.commit(path, record, [f for w in writers for f in w.final.values()])
 
 
 # --- finalize ---------------------------------------------------------------------------------
-def finalize(job: Job, wait_s: float = 0.0) -> dict[str, Any]:
-    """Check every shard is done and write CACHE_DIR/manifest.json (atomically).
+def finalize(job: Job, wait_s: float = 0.0) -> tc.CacheManifest:
+    """Check every shard is done and write CACHE_DIR/manifest.json (atomically, last).
 
     ``wait_s``: how long to wait for markers other nodes wrote to become visible here (network
     file systems cache lookups for a few seconds).
     """
     views = int(job.settings["num_views"])
-    deadline = time.monotonic() + wait_s
-    while True:
-        missing = [sh["path"] for sh in job.shards if not shard_done(job.out, sh, views)]
-        if not missing or time.monotonic() >= deadline:
-            break
-        time.sleep(2.0)
-    if missing:
-        raise UserError(
-            f"{job.out}: {len(missing)} of {len(job.shards)} shard(s) not done ({', '.join(missing[:3])}"
-            f"{', ...' if len(missing) > 3 else ''}); rerun the same cache_teacher command (done shards are kept)"
-        )
-    shards = []
-    for sh in job.shards:
-        info = json.loads(tc.done_marker(job.out, sh["path"]).read_text())
-        shards.append(info)
+    shards = job.restartable.finished_records([sh.path for sh in job.shards], wait_s)
     rows = [sum(int(s["views"][v]["rows"]) for s in shards) for v in range(views)]
     total = sum(f["bytes"] for s in shards for view in s["views"] for f in view["files"].values())
     tokens = sum(int(s["num_tokens"]) for s in shards)
@@ -276,5 +227,5 @@ def finalize(job: Job, wait_s: float = 0.0) -> dict[str, Any]:
             / max(sum(rows), 1),
         },
     }
-    write_json(job.out / tc.MANIFEST_NAME, manifest)
-    return manifest
+    path = job.restartable.publish(tc.MANIFEST_NAME, manifest)
+    return tc.CacheManifest.from_json(manifest, path)

@@ -35,9 +35,12 @@ import torch.distributed as dist
 
 from data_prep.atomic import atomic_open, fsync_dir, write_json
 from data_prep.errors import UserError
+from data_prep.versioned import load_versioned, stamp
 from pipeline.distributed.comm import ControlGroup
 
 COMMIT = "COMMIT.json"
+COMMIT_FORMAT = "distil-checkpoint"
+COMMIT_VERSION = 1
 _TAG = re.compile(r"^global_step(\d+)$")
 
 
@@ -68,15 +71,27 @@ class CheckpointInfo:
         return self.path.name
 
 
+def load_commit(path: Path) -> dict[str, Any]:
+    """The commit record of the checkpoint at ``path`` (format and version checked)."""
+    return load_versioned(
+        path / COMMIT,
+        COMMIT_FORMAT,
+        COMMIT_VERSION,
+        "the checkpoint is incomplete or from another version of distil; use --resume auto to "
+        "take the newest complete one",
+        unversioned=1,
+    )
+
+
 def _problem(path: Path) -> str | None:
     """Why the checkpoint at ``path`` is not complete, or None."""
     marker = path / COMMIT
     if not marker.is_file():
         return "no COMMIT.json (the save did not finish)"
     try:
-        commit = json.loads(marker.read_text())
-    except ValueError:
-        return "COMMIT.json is unreadable"
+        commit = load_commit(path)
+    except UserError:
+        return "COMMIT.json is unreadable or of another format"
     for name, size in commit.get("files", {}).items():
         f = path / name
         if not f.is_file():
@@ -92,7 +107,7 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
         raise UserError(
             f"{path}: not a complete checkpoint ({problem}); use --resume auto to take the newest complete one"
         )
-    commit = json.loads((path / COMMIT).read_text())
+    commit = load_commit(path)
     return CheckpointInfo(path, int(commit["step"]), commit)
 
 
@@ -225,16 +240,14 @@ def save(
             for f in sorted(path.rglob("*"))
             if f.is_file()
         }
-        write_json(
-            path / COMMIT,
-            {
-                "step": step,
-                "consumed_samples": consumed,
-                "world_size": world,
-                "identity": identity,
-                "files": files,
-            },
-        )
+        record = {
+            "step": step,
+            "consumed_samples": consumed,
+            "world_size": world,
+            "identity": identity,
+            "files": files,
+        }
+        write_json(path / COMMIT, stamp(record, COMMIT_FORMAT, COMMIT_VERSION))
         with atomic_open(root / "latest", "w") as fh:
             fh.write(tag)
         _prune(root, keep_last)

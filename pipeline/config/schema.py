@@ -234,12 +234,11 @@ class Config:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The run's inputs and output, checked by :func:`validate`."""
+    """The run's data and output, checked by :func:`validate` (the teacher and the model of
+    MLM-only training are resolved once, by :func:`pipeline.run.plan.resolve_models`)."""
 
     sources: tuple[Source, ...]  # the data: one DATA_DIR, or several blended by weight
     output: str
-    teacher: str | None  # distillation
-    model: str | None  # MLM-only training
     teacher_cache: str | None
 
 
@@ -299,8 +298,6 @@ def validate(cfg: Config) -> RunPaths:
     return RunPaths(
         sources=parse_sources(cfg.data.data),
         output=cfg.train.output,
-        teacher=cfg.model.teacher,
-        model=cfg.model.model,
         teacher_cache=cfg.data.teacher_cache,
     )
 

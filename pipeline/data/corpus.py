@@ -24,15 +24,14 @@ seq_len, vocabulary and special ids; a disagreement is one line naming the folde
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from data_prep.errors import UserError
-from data_prep.manifest import load_manifest, manifest_fingerprint
+from data_prep.manifest import SPLITS, DataManifest, Split, load_manifest, manifest_fingerprint
 from pipeline.config.sources import Source
 from pipeline.data.sampling import BlendOrder, UniformOrder
 
@@ -50,16 +49,16 @@ class Corpus:
         first = self.manifests[0]
         for source, m in zip(sources[1:], self.manifests[1:]):
             for key in SAME:
-                if m[key] != first[key]:
+                if getattr(m, key) != getattr(first, key):
                     raise UserError(
-                        f"{source.path}/manifest.json: {key} {m[key]} differs from "
-                        f"{sources[0].path}'s {first[key]}; blend only data prepared alike"
+                        f"{source.path}/manifest.json: {key} {getattr(m, key)} differs from "
+                        f"{sources[0].path}'s {getattr(first, key)}; blend only data prepared alike"
                     )
-            if m["tokenizer"]["fingerprint"] != first["tokenizer"]["fingerprint"]:
+            if m.tokenizer.fingerprint != first.tokenizer.fingerprint:
                 raise UserError(
                     f"{source.path}/manifest.json: made with another tokenizer than "
-                    f"{sources[0].path} (fingerprint {m['tokenizer']['fingerprint'][:12]} vs "
-                    f"{first['tokenizer']['fingerprint'][:12]}); rebuild it with the teacher's"
+                    f"{sources[0].path} (fingerprint {m.tokenizer.fingerprint[:12]} vs "
+                    f"{first.tokenizer.fingerprint[:12]}); rebuild it with the teacher's"
                 )
         self.manifest = first if len(sources) == 1 else self._combined()
 
@@ -67,28 +66,30 @@ class Corpus:
     def blended(self) -> bool:
         return len(self.sources) > 1
 
-    def _combined(self) -> dict[str, Any]:
-        """The first manifest, with every source's shards (keys ``sK/...``) and summed counts."""
-        combined = dict(self.manifests[0])
-        splits: dict[str, Any] = {}
-        for split in ("train", "valid"):
-            shards = []
-            for k, (source, m) in enumerate(zip(self.sources, self.manifests)):
-                for shard in m["splits"][split]["shards"]:
-                    file = str(Path(source.path) / shard["path"])
-                    shards.append({**shard, "path": f"s{k}/{shard['path']}", "file": file})
-            splits[split] = {
-                "num_sequences": sum(
-                    int(m["splits"][split]["num_sequences"]) for m in self.manifests
-                ),
-                "num_tokens": sum(int(m["splits"][split]["num_tokens"]) for m in self.manifests),
-                "shards": shards,
-            }
-        combined["splits"] = splits
-        counts = sum(np.asarray(m["token_counts"], dtype=np.int64) for m in self.manifests)
-        combined["token_counts"] = np.asarray(counts).tolist()
-        combined["blend"] = [{"path": s.path, "weight": s.weight} for s in self.sources]
-        return combined
+    def _combined(self) -> DataManifest:
+        """The first manifest, with every source's shards (keys ``sK/...``, each with its own
+        ``file``) and summed counts."""
+        splits = {}
+        for split in SPLITS:
+            shards = [
+                dataclasses.replace(
+                    shard, path=f"s{k}/{shard.path}", file=str(shard.prefix(source.path))
+                )
+                for k, (source, m) in enumerate(zip(self.sources, self.manifests))
+                for shard in m.splits[split].shards
+            ]
+            splits[split] = Split(
+                sum(m.splits[split].num_sequences for m in self.manifests),
+                sum(m.splits[split].num_tokens for m in self.manifests),
+                tuple(shards),
+            )
+        counts = np.sum([np.asarray(m.token_counts, dtype=np.int64) for m in self.manifests], 0)
+        return dataclasses.replace(
+            self.manifests[0],
+            splits=splits,
+            token_counts=counts.tolist(),
+            blend=[{"path": s.path, "weight": s.weight} for s in self.sources],
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -110,7 +111,7 @@ class Corpus:
         return hashlib.sha256(json.dumps(body).encode()).hexdigest()
 
     def train_sizes(self) -> list[int]:
-        return [int(m["splits"]["train"]["num_sequences"]) for m in self.manifests]
+        return [m.train.num_sequences for m in self.manifests]
 
     def order(self, seed: int) -> BlendOrder | UniformOrder:
         sizes = self.train_sizes()

@@ -14,10 +14,10 @@ token, the rest keep their token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from data_prep.manifest import DataManifest
 from pipeline.config.schema import MaskingConfig
 
 IGNORE_INDEX = -100
@@ -100,13 +100,13 @@ class Masker:
         return out, labels
 
 
-def masking_spec(manifest: dict[str, Any], m: MaskingConfig) -> MaskingSpec:
+def masking_spec(manifest: DataManifest, m: MaskingConfig) -> MaskingSpec:
     """The spec of masking settings ``m`` over the data of ``manifest`` (its vocabulary and ids)."""
-    sid = manifest["special_ids"]
+    sid = manifest.special_ids
     return MaskingSpec(
-        vocab_size=int(manifest["vocab_size"]),
-        mask_id=int(sid["mask"]),
-        special_ids=tuple(sorted({sid["cls"], sid["sep"], sid["pad"], sid["mask"]})),
+        vocab_size=manifest.vocab_size,
+        mask_id=sid.mask,
+        special_ids=tuple(sorted({sid.cls, sid.sep, sid.pad, sid.mask})),
         mlm_probability=m.mlm_probability,
         mask_fraction=m.mask_fraction,
         random_fraction=m.random_fraction,
@@ -114,8 +114,8 @@ def masking_spec(manifest: dict[str, Any], m: MaskingConfig) -> MaskingSpec:
     )
 
 
-def make_masker(manifest: dict[str, Any], m: MaskingConfig) -> Masker:
+def make_masker(manifest: DataManifest, m: MaskingConfig) -> Masker:
     """The masker of settings ``m``; frequency smoothing takes the manifest's token counts."""
     spec = masking_spec(manifest, m)
-    counts = np.asarray(manifest["token_counts"], dtype=np.int64) if spec.smoothing > 0 else None
+    counts = np.asarray(manifest.token_counts, dtype=np.int64) if spec.smoothing > 0 else None
     return Masker(spec, counts)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from data_prep.errors import UserError
 from data_prep.indexed import IndexedReader
-from data_prep.manifest import load_manifest, shard_prefix
+from data_prep.manifest import DataManifest, load_manifest
 
 
 class ShardedDataset:
@@ -24,28 +23,28 @@ class ShardedDataset:
         self,
         data_dir: str | os.PathLike[str],
         split: str = "train",
-        manifest: dict[str, Any] | None = None,
+        manifest: DataManifest | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.manifest = manifest if manifest is not None else load_manifest(data_dir)
-        if split not in self.manifest["splits"]:
+        if split not in self.manifest.splits:
             raise UserError(f"{self.data_dir}/manifest.json: no split '{split}'")
-        info = self.manifest["splits"][split]
+        info = self.manifest.splits[split]
         self.readers: list[IndexedReader] = []
-        for shard in info["shards"]:
-            prefix = shard_prefix(self.data_dir, shard)
+        for shard in info.shards:
+            prefix = shard.prefix(self.data_dir)
             reader = IndexedReader(prefix)
-            if len(reader) != shard["num_sequences"] or reader.num_tokens != shard["num_tokens"]:
+            if len(reader) != shard.num_sequences or reader.num_tokens != shard.num_tokens:
                 raise UserError(
                     f"{prefix}.idx: {len(reader)} sequences / {reader.num_tokens} tokens, the "
-                    f"manifest says {shard['num_sequences']} / {shard['num_tokens']}; run "
+                    f"manifest says {shard.num_sequences} / {shard.num_tokens}; run "
                     f"python -m data_prep.verify {prefix.parent.parent}"
                 )
             self.readers.append(reader)
         counts = np.array([len(r) for r in self.readers], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
-        self.seq_len = int(self.manifest["seq_len"])
-        self.num_tokens = int(info["num_tokens"])
+        self.seq_len = self.manifest.seq_len
+        self.num_tokens = info.num_tokens
 
     def __len__(self) -> int:
         return int(self._starts[-1])

@@ -85,13 +85,13 @@ def mlm_metrics(
 
     corpus = Corpus(parse_sources(data, need_weights=False))
     manifest = corpus.manifest
-    if not manifest["splits"]["valid"]["num_sequences"]:
+    if not manifest.valid.num_sequences:
         raise UserError(
             f"{corpus.describe()}: the valid split is empty; rebuild with --valid-fraction > 0"
         )
     dataset = ShardedDataset(corpus.sources[0].path, "valid", manifest)
     masker = make_masker(manifest, EVAL_MASKING)
-    pad = int(manifest["special_ids"]["pad"])
+    pad = manifest.special_ids.pad
     batches = EvalBatches(dataset, masker, seed, batch_size, 0, 1, samples, pad)
     student = MaskedLM(model.to(device).eval())
     t = MaskedLM(teacher.to(device).eval()) if teacher is not None else None

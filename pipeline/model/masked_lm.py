@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from data_prep.errors import UserError
+from data_prep.manifest import DataManifest
 
 # model_type -> (attribute of the encoder inside the *ForMaskedLM model, prefix of MLM-head keys)
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -47,17 +48,17 @@ def teacher_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[teacher_dtype_name(name, device)]
 
 
-def check_model_fits(config: Any, manifest: dict[str, Any], what: str) -> None:
+def check_model_fits(config: Any, manifest: DataManifest, what: str) -> None:
     """Refuse a model whose vocabulary or positions cannot hold the data of ``manifest``."""
     vocab = int(getattr(config, "vocab_size", 0))
-    if vocab < int(manifest["vocab_size"]):
+    if vocab < manifest.vocab_size:
         raise UserError(
-            f"{what}: vocabulary of {vocab} is smaller than the data's {manifest['vocab_size']}; the data was built with another tokenizer"
+            f"{what}: vocabulary of {vocab} is smaller than the data's {manifest.vocab_size}; the data was built with another tokenizer"
         )
     max_pos = int(getattr(config, "max_position_embeddings", 10**9))
-    if int(manifest["seq_len"]) > max_pos:
+    if manifest.seq_len > max_pos:
         raise UserError(
-            f"{what}: max_position_embeddings {max_pos} < the data's seq_len {manifest['seq_len']}; rebuild the data with --seq-len {max_pos}"
+            f"{what}: max_position_embeddings {max_pos} < the data's seq_len {manifest.seq_len}; rebuild the data with --seq-len {max_pos}"
         )
 
 

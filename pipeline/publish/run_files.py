@@ -14,28 +14,28 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.errors import UserError
+from data_prep.manifest import DataManifest
 from data_prep.tokenizer import TextTokenizer, bert_tokenizer_from_vocab, has_tokenizer_files
-from pipeline.config.schema import RunPaths
 
 MODEL_DIR = "model"
 
 
 def save_run_model_files(
-    run_dir: Path, student: Any, manifest: dict[str, Any], paths: RunPaths
+    run_dir: Path, student: Any, manifest: DataManifest, teacher: Path | None
 ) -> None:
     """RUN_DIR/model: the student's config.json and the tokenizer, for export and evaluation."""
     out = run_dir / MODEL_DIR
     out.mkdir(parents=True, exist_ok=True)
     student.config.save_pretrained(str(out))
-    write_tokenizer(tokenizer_source(manifest, paths.teacher), out, student.model)
+    write_tokenizer(tokenizer_source(manifest, teacher), out, student.model)
 
 
-def tokenizer_source(manifest: dict[str, Any], teacher: str | None) -> Path:
+def tokenizer_source(manifest: DataManifest, teacher: Path | None) -> Path:
     """Where the run's tokenizer is: the data's SentencePiece model (or the teacher's copy of it),
     else the teacher's tokenizer folder, else the folder the data was tokenized with."""
-    data_tok = Path(manifest["tokenizer"]["path"])
+    data_tok = Path(manifest.tokenizer.path)
     candidates = []
-    if manifest["tokenizer"].get("kind") == "sentencepiece":
+    if manifest.tokenizer.kind == "sentencepiece":
         candidates += [data_tok, *([Path(teacher) / data_tok.name] if teacher else [])]
     if teacher and has_tokenizer_files(teacher):
         candidates.append(Path(teacher))

@@ -9,14 +9,14 @@ one-line error instead of leaving ranks waiting in a collective.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from data_prep.hub import resolve
+from data_prep.hub import ModelRef, resolve_ref
+from data_prep.manifest import DataManifest
 from data_prep.tokenizer import check_model_tokenizer
 from pipeline.cache_teacher.reader import TeacherCache, open_cache
 from pipeline.config.schema import Config, RunPaths
@@ -39,8 +39,9 @@ class Plan:
     """Everything resolved before the process group starts."""
 
     paths: RunPaths
+    models: ModelRefs
     corpus: Corpus
-    manifest: dict[str, Any]  # the corpus's (a blend's: combined)
+    manifest: DataManifest  # the corpus's (a blend's: combined)
     engine: EngineSettings
     student: MaskedLM
     teacher: MaskedLM | None  # None when no loss needs a teacher forward
@@ -67,30 +68,40 @@ def _no_forward_note(cfg: Config) -> str:
     return f"no teacher forward: {why}"
 
 
-def resolve_models(paths: RunPaths) -> RunPaths:
-    """The teacher and the MLM model as local folders: hub IDs resolved through the hub cache."""
-    return dataclasses.replace(
-        paths,
-        teacher=str(resolve(paths.teacher, "--teacher")) if paths.teacher else None,
-        model=str(resolve(paths.model, "--model")) if paths.model else None,
+@dataclass(frozen=True)
+class ModelRefs:
+    """The run's models, resolved once: the teacher (distillation) or the model (MLM only)."""
+
+    teacher: ModelRef | None
+    model: ModelRef | None
+
+
+def resolve_models(cfg: Config) -> ModelRefs:
+    """``model.teacher`` and ``model.model`` as local folders: hub IDs through the hub cache."""
+    m = cfg.model
+    return ModelRefs(
+        teacher=resolve_ref(m.teacher, "--teacher") if m.teacher else None,
+        model=resolve_ref(m.model, "--model") if m.model else None,
     )
 
 
-def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) -> Plan:
-    """Every file of the run read and checked; ``Plan.paths`` holds the resolved local folders."""
-    paths = resolve_models(paths)
+def prepare(
+    cfg: Config, paths: RunPaths, models: ModelRefs, env: DistEnv, device: torch.device
+) -> Plan:
+    """Every file of the run read and checked."""
     corpus = Corpus(paths.sources)
     manifest = corpus.manifest
     engine = engine_settings(cfg, env.world_size, device.type)
     cached = bool(paths.teacher_cache) and cfg.distilling and cfg.loss.alpha_ce > 0
     notes: list[str] = []
     teacher: MaskedLM | None = None
-    if paths.teacher is not None:
-        check_model_tokenizer(paths.teacher, manifest, paths.sources[0].path)
+    if models.teacher is not None:
+        where = models.teacher.path
+        check_model_tokenizer(where, manifest.tokenizer, paths.sources[0].path)
         teacher_full = load_teacher(
-            paths.teacher, cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
+            str(where), cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
         )
-        check_model_fits(teacher_full.config, manifest, paths.teacher)
+        check_model_fits(teacher_full.config, manifest, str(where))
         student, layer_map = student_from_config(teacher_full, cfg.model)
         alignment = resolve_alignment(
             cfg.loss,
@@ -104,32 +115,37 @@ def prepare(cfg: Config, paths: RunPaths, env: DistEnv, device: torch.device) ->
         else:
             notes.append(_no_forward_note(cfg))
     else:
-        assert paths.model is not None  # validate(): one of teacher and model
-        student = load_mlm_model(paths.model, cfg.model.attn_implementation, cfg.model.dropout)
-        check_model_fits(student.config, manifest, paths.model)
+        assert models.model is not None  # validate(): one of teacher and model
+        where = models.model.path
+        student = load_mlm_model(str(where), cfg.model.attn_implementation, cfg.model.dropout)
+        check_model_fits(student.config, manifest, str(where))
         layer_map, alignment = [], None
     cache = None
     if cached:
-        cache = open_cache(cfg, paths, corpus)
+        assert models.teacher is not None and paths.teacher_cache is not None
+        cache = open_cache(cfg, models.teacher, paths.teacher_cache, corpus)
         notes.extend(cache.notes)
         if cfg.hidden_losses:
             notes.append(
                 "teacher cache in use for the logits, but a loss on the teacher's hidden states or "
                 "attention is on: the teacher still runs for those (the cache carries logits only)"
             )
-    steps_per_epoch = (
-        int(manifest["splits"]["train"]["num_sequences"]) / cfg.train.global_batch_size
-    )
+    steps_per_epoch = manifest.train.num_sequences / cfg.train.global_batch_size
     max_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     identity = {
         "student": model_shape(student.config),
         "layer_map": layer_map,
         "objective_params": projection_shapes(cfg.loss, alignment),
-        "tokenizer": manifest["tokenizer"]["fingerprint"],
+        "tokenizer": manifest.tokenizer.fingerprint,
         "data_manifest": corpus.fingerprint,
     }
+    source = models.teacher or models.model
+    if source is not None and source.revision is not None:
+        # a hub snapshot: a requeue that finds another revision of the name must not mix them
+        identity["hub_revision"] = source.revision
     return Plan(
         paths,
+        models,
         corpus,
         manifest,
         engine,

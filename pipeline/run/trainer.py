@@ -66,10 +66,10 @@ class Trainer:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.control = ControlGroup()
         manifest = plan.manifest
-        self.pad_id = int(manifest["special_ids"]["pad"])
+        self.pad_id = manifest.special_ids.pad
         first = plan.paths.sources[0].path
         self.train_ds = ShardedDataset(first, "train", manifest)
-        has_valid = manifest["splits"]["valid"]["num_sequences"] > 0
+        has_valid = manifest.valid.num_sequences > 0
         self.valid_ds = ShardedDataset(first, "valid", manifest) if has_valid else None
         self.order = plan.corpus.order(cfg.train.seed)
         self.masker = make_masker(manifest, cfg.masking)
@@ -130,7 +130,7 @@ class Trainer:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         es = self.plan.engine
-        resolved = {
+        resolved: dict[str, Any] = {
             "world_size": self.world,
             "micro_batch_size": es.micro_batch,
             "grad_accum": es.grad_accum,
@@ -139,8 +139,14 @@ class Trainer:
             "layer_map": self.plan.layer_map,
             "ds_config": es.config,
         }
+        teacher = self.plan.models.teacher
+        for role, ref in (("teacher", teacher), ("model", self.plan.models.model)):
+            if ref is not None:
+                resolved[role] = ref.to_json()
         save_config(self.cfg, self.run_dir / "config.yaml", resolved)
-        save_run_model_files(self.run_dir, self.plan.student, self.plan.manifest, self.plan.paths)
+        save_run_model_files(
+            self.run_dir, self.plan.student, self.plan.manifest, teacher.path if teacher else None
+        )
 
     # -- the step ----------------------------------------------------------------------------
     def train_batches(self, num_workers: int | None = None) -> Iterator[dict[str, torch.Tensor]]:

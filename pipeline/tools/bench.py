@@ -93,14 +93,14 @@ def make_teacher(out: Path, size: str) -> Path:
 def make_data(out: Path, seq: int, num: int) -> Path:
     """Synthetic shards: ``num`` full sequences of random ids, framed [CLS] ... [SEP]."""
     from data_prep.indexed import IndexedWriter
-    from data_prep.manifest import FORMAT, FORMAT_VERSION
+    from data_prep.manifest import DataManifest, ShardEntry, Split
     from data_prep.tokenizer import TextTokenizer
 
     tok = TextTokenizer(BERT_VOCAB)
     sid = tok.special_ids
     rng = np.random.default_rng(0)
     counts = np.zeros(tok.vocab_size, dtype=np.int64)
-    splits: dict[str, Any] = {}
+    splits: dict[str, Split] = {}
     for split, n in (("train", num), ("valid", 64)):
         with IndexedWriter(out / split / "00000-000", np.uint16) as writer:
             for _ in range(n):
@@ -109,18 +109,17 @@ def make_data(out: Path, seq: int, num: int) -> Path:
                     np.add.at(counts, body, 1)
                 writer.add(np.r_[sid.cls, body, sid.sep].astype(np.uint16))
             info = writer.finalize()
-        splits[split] = {
-            "num_sequences": info.num_sequences, "num_tokens": info.num_tokens,
-            "shards": [{"path": f"{split}/00000-000", "num_sequences": info.num_sequences,
-                        "num_tokens": info.num_tokens, "sha256_bin": info.sha256_bin,
-                        "sha256_idx": info.sha256_idx}],
-        }  # fmt: skip
-    write_json(out / "manifest.json", {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "seq_len": seq,
-        "vocab_size": tok.vocab_size, "dtype": "uint16", "special_ids": tok.info.to_json()["special_ids"],
-        "tokenizer": tok.info.to_json(), "settings": {"synthetic": True}, "splits": splits,
-        "stats": {}, "token_counts": counts.tolist(),
-    })  # fmt: skip
+        entry = ShardEntry(
+            f"{split}/00000-000", info.num_sequences, info.num_tokens, info.sha256_bin,
+            info.sha256_idx,
+        )  # fmt: skip
+        splits[split] = Split(info.num_sequences, info.num_tokens, (entry,))
+    manifest = DataManifest(
+        seq_len=seq, vocab_size=tok.vocab_size, dtype="uint16", special_ids=sid,
+        tokenizer=tok.info, settings={"synthetic": True}, splits=splits, stats={},
+        token_counts=counts.tolist(),
+    )  # fmt: skip
+    write_json(out / "manifest.json", manifest.to_json())
     return out
 
 
@@ -178,7 +177,7 @@ class Bench:
         ])  # fmt: skip
 
     def run_case(self, case: str, seq: int, batch: int) -> dict[str, Any]:
-        from pipeline.run.plan import prepare
+        from pipeline.run.plan import prepare, resolve_models
         from pipeline.run.trainer import Trainer
 
         steps, warmup = self.args.steps, self.args.warmup
@@ -188,7 +187,7 @@ class Bench:
         cfg, paths = self.config(case, seq, batch, data, self.work / f"run_{case}_{seq}")
         if case == "distil_cached":
             self.build_cache(cfg)
-        plan = prepare(cfg, paths, self.env, self.device)
+        plan = prepare(cfg, paths, resolve_models(cfg), self.env, self.device)
         engine = self.plain_engine(plan, cfg) if case == "plain" else None
         trainer = Trainer(cfg, self.env, self.device, plan, engine=engine)
         if case == "loader":
