@@ -515,7 +515,7 @@ def test_rerun_with_other_settings_is_refused(
             )  # fmt: skip
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "was prepared with different" in err
+        assert len(err.splitlines()) == 1 and "holds a data prep started with other settings" in err
         assert ("seq_len" in err) == ("128" in change) and ("pack" in err) == ("doc" in change)
     assert prep.tree(out) == before
 
@@ -540,7 +540,7 @@ def test_rerun_redoes_only_the_unfinished_unit(
         path.unlink()
     stale = [
         out / "train" / ".00001-000.bin.tmp-999999",
-        out / "parts" / ".unit-00001.counts.999999.npy",
+        out / "parts" / ".unit-00001.counts.npy.tmp-999999",
     ]
     for path in stale:
         path.write_bytes(b"left by a killed run")

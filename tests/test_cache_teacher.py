@@ -34,7 +34,8 @@ from pipeline_helpers import (
     train_env,
 )
 
-from data_prep.manifest import load_manifest
+from data_prep.hub import resolve_ref
+from data_prep.manifest import DataManifest, load_manifest
 from pipeline.cache_teacher import format as tc
 from pipeline.cache_teacher import job as cache_job
 from pipeline.cache_teacher import writer as cache_writer
@@ -69,7 +70,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer: Pat
         "--input", *inputs, "--tokenizer", wordpiece_tokenizer, "--seq-len", "64",
         "--output", out, "--workers", "1", "--valid-fraction", "0.05", "--unit-max-files", "1",
     )  # fmt: skip
-    assert len(load_manifest(out)["splits"]["train"]["shards"]) == 3
+    assert len(load_manifest(out).train.shards) == 3
     return out
 
 
@@ -95,10 +96,12 @@ def build(data: Path, teacher: Path, out: Path, *extra: Any) -> None:
     )
 
 
-def open_run_cache(cfg: Config, manifest: dict[str, Any]) -> TeacherCache:
+def open_run_cache(cfg: Config, manifest: DataManifest) -> TeacherCache:
     """The run's cache as the trainer opens it (``manifest``: the data's, for the caller)."""
     paths = validate(cfg)
-    return open_cache(cfg, paths, Corpus(paths.sources))
+    assert cfg.model.teacher is not None and paths.teacher_cache is not None
+    teacher = resolve_ref(cfg.model.teacher, "--teacher")
+    return open_cache(cfg, teacher, paths.teacher_cache, Corpus(paths.sources))
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -249,7 +252,7 @@ def test_cache_loss_equals_online_loss_on_the_same_batch(
     sampled = tmp_path / "sampled"
     build(tiny_data, teacher, sampled, "--mode", "sample", "--samples", 64, "--views", 2)
     cache = open_run_cache(run_config(tiny_data, teacher, sampled), manifest)
-    assert cache.manifest["settings"]["value_dtype"] == "uint8"
+    assert cache.manifest.settings["value_dtype"] == "uint8"
     est, true, n = 0.0, 0.0, 0
     for item in range(6):
         batch, rows, logits = online_batch(tiny_data, teacher, cfg, item, full)
@@ -376,7 +379,7 @@ def test_mismatched_cache_is_refused(
     manifest = load_manifest(tiny_data)
     open_run_cache(run_config(tiny_data, teacher, top8_cache), manifest)  # the matching run
     other_teacher = make_bert_teacher(
-        tmp_path / "other_teacher", Path(manifest["tokenizer"]["path"]), seed=1
+        tmp_path / "other_teacher", Path(manifest.tokenizer.path), seed=1
     )
     cases = {
         "loss.temperature (cache 2.0, run 1.0)": run_config(
@@ -494,7 +497,7 @@ def test_training_from_a_full_cache_equals_online_training(
 ) -> None:
     """End to end, 1 rank: no teacher forward, the per-step losses of the online run, and epochs
     beyond V = 2 run on reused views (the lookups would fail on masks the cache does not hold)."""
-    n = load_manifest(tiny_data)["splits"]["train"]["num_sequences"]
+    n = load_manifest(tiny_data).train.num_sequences
     steps = 2 * n // 8 + 2  # into the third epoch
     common = {
         "--max-steps": steps,

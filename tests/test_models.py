@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def test_teacher_dtype_is_fp16_on_gpus_and_fp32_on_cpus() -> None:
 
 
 def test_model_must_hold_the_datas_vocabulary_and_length() -> None:
-    manifest = {"vocab_size": 100, "seq_len": 128}
+    manifest: Any = SimpleNamespace(vocab_size=100, seq_len=128)
     check_model_fits(SimpleNamespace(vocab_size=100, max_position_embeddings=128), manifest, "m")
     with pytest.raises(UserError, match="vocabulary of 90 is smaller than the data's 100"):
         check_model_fits(SimpleNamespace(vocab_size=90, max_position_embeddings=512), manifest, "m")
