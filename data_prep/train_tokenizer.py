@@ -21,11 +21,13 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_prep.atomic import atomic_dir
+from data_prep.atomic import atomic_dir, check_output_dir
 from data_prep.errors import UserError, cli_main
 from data_prep.sources import DocStats, ReadOptions, iter_documents, plan_units
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+COMMAND = "data_prep.train_tokenizer"
 
 
 def corpus_texts(inputs: list[str], text_field: str, max_docs: int | None = None) -> Iterator[str]:
@@ -100,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--input", nargs="+", required=True, metavar="SRC")
     p.add_argument("--output", required=True, help="folder to write the tokenizer to")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier tokenizer of this command in --output (nothing else is replaced)",
+    )
     p.add_argument("--kind", choices=("wordpiece", "sentencepiece"), default="wordpiece")
     p.add_argument("--vocab-size", type=int, default=30522)
     p.add_argument(
@@ -113,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.vocab_size < len(SPECIAL_TOKENS) + 10:
         raise UserError(f"--vocab-size {args.vocab_size} is too small")
     out = Path(args.output)
+    check_output_dir(out, COMMAND, args.overwrite)  # before the training, not after
     texts = corpus_texts(args.input, args.text_field, args.max_docs)
-    with atomic_dir(out) as tmp:  # never a half-made tokenizer under OUT
+    with atomic_dir(out, COMMAND, args.overwrite) as tmp:  # never a half-made tokenizer under OUT
         if args.kind == "wordpiece":
             train_wordpiece(texts, tmp, args.vocab_size, lowercase=not args.cased)
         else:

@@ -29,9 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--run", required=True, help="RUN_DIR of pipeline.train")
     p.add_argument("--step", type=int, help="checkpoint step (default: the newest complete one)")
-    p.add_argument("--out", required=True, help="HF_DIR to write")
+    p.add_argument("--out", required=True, help="HF_DIR to write (absent or empty)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in --out (nothing else is ever replaced)",
+    )
     args = p.parse_args(argv)
-    path = export(Path(args.run), args.step, Path(args.out))
+    path = export(Path(args.run), args.step, Path(args.out), args.overwrite)
     print(f"exported {args.run} to {path}")
 
 

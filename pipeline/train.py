@@ -2,9 +2,11 @@
 
 Runs under torchrun, ``deepspeed --num_gpus N --module pipeline.train``, ``srun`` and ``mpirun``
 (see :mod:`pipeline.distributed.launch`). The configuration is checked first (``--help`` documents every
-field), then every file is read and checked (:func:`pipeline.run.plan.prepare`) before the process
-group starts, then the run (:class:`pipeline.run.trainer.Trainer`). Exit codes: 0 done (or stopped by
-``train.stop_after_steps``), 2 bad input, 3 non-finite loss or weights,
+field), then the process group starts, rank 0 resolves hub IDs once for every rank, every rank reads
+and checks every file (:func:`pipeline.run.plan.prepare`; a failure on any rank stops all of them
+with one line), then the run (:class:`pipeline.run.trainer.Trainer`). Exit codes: 0 done (or
+stopped by ``train.stop_after_steps``), 2 bad input, 3 non-finite loss or weights, 4 a checkpoint
+could not be written (a full disk: nothing committed is lost; make room and rerun),
 ``train.preempt_exit_code`` (42) preempted with a checkpoint (or by a signal before the first
 step, the checkpoint it resumed from staying the newest), 1 an unexpected error (its traceback;
 the process exits at once rather than wait on data-loader workers or peers).
@@ -42,21 +44,33 @@ def _main(argv: list[str] | None, preemption: Preemption) -> int:
     args = [a for a in args if not a.startswith(("--local_rank", "--local-rank"))]
     try:
         from pipeline.config.cli import parse_config
-        from pipeline.distributed.comm import device_for, init_process_group
+        from pipeline.distributed.comm import ControlGroup, device_for, init_process_group
         from pipeline.distributed.launch import detect
         from pipeline.run.plan import prepare, resolve_models
-        from pipeline.run.trainer import Trainer
+        from pipeline.run.trainer import Trainer, make_deterministic
 
         cfg, paths = parse_config(args)
         preemption.install(cfg.train.preempt_signals)
+        if cfg.train.deterministic:
+            make_deterministic()
         env = detect()
         device = device_for(env)
-        plan = prepare(cfg, paths, resolve_models(cfg), env, device)
-        init_process_group(env, device)
-        code = Trainer(cfg, env, device, plan).run(preemption)
+        timeout = cfg.train.collective_timeout_s
+        init_process_group(env, device, timeout)
+        control = ControlGroup(timeout)
+        # Hub IDs are resolved once, by rank 0: one snapshot (one revision) for every rank, and
+        # no burst of N hub calls; then every rank checks every input, and all stop together.
+        resolved = control.together(lambda: resolve_models(cfg) if env.rank == 0 else None)
+        models = control.broadcast(resolved)
+        assert models is not None
+        plan = control.together(lambda: prepare(cfg, paths, models, env, device))
+        code = Trainer(cfg, env, device, plan, control=control).run(preemption)
     except UserError as exc:
         error_line(f"pipeline.train: error: {exc}")
-        return 2
+        # Leave now: a data-loader worker or a peer waiting in a collective must not keep this
+        # process alive (its error is said; the others stop on their own lines or timeouts).
+        sys.stdout.flush()
+        os._exit(2)
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -1,4 +1,11 @@
 # shellcheck shell=bash
+# The scripts need bash 4.4 or newer: `local -n` (4.3) and "${arr[@]}" of an empty array under
+# `set -u` (4.4). Checked first, in POSIX sh, so that an older bash or a plain sh says so in one line.
+case "${BASH_VERSION:-}" in
+    "" | [0-3].* | 4.[0-3]*)
+        echo "slurm/env.sh: needs bash 4.4 or newer (this is ${BASH_VERSION:-not bash}); run the scripts with a newer bash" >&2
+        return 2 2>/dev/null || exit 2 ;;
+esac
 # slurm/env.sh: the user's settings for the distil Slurm scripts (prep.sbatch, submit_prep.sh,
 # cache_teacher.sbatch, pretrain.sbatch), sourced by every one of them.
 #

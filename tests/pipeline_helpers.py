@@ -199,3 +199,40 @@ def sample_log(run_dir: Path) -> dict[int, list[int]]:
             rec = json.loads(line)
             out.setdefault(rec["step"], []).extend(rec["samples"])
     return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def torchrun_node(rank: int, master: str, port: int, args: list[str]) -> list[str]:
+    """The torchrun command of "node" ``rank`` of two, one rank each."""
+    return [
+        str(VENV_BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(rank),
+        "--nproc_per_node", "1", "--master_addr", master, "--master_port", str(port),
+        "-m", "pipeline.train", *args,
+    ]  # fmt: skip
+
+
+def run_nodes(
+    cmds: list[list[str]], timeout: int = 240, envs: list[dict[str, str]] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run the commands at once (one per "node", each with its own extra environment) and wait
+    for all; a timeout kills them all."""
+    procs = [
+        subprocess.Popen(
+            c,
+            cwd=REPO,
+            env=train_env(envs[i] if envs else None),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, c in enumerate(cmds)
+    ]
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results

@@ -613,3 +613,26 @@ def test_narrow_student_with_relations_from_a_cache_equals_online(
     assert all("rel" in r and "ce" in r for r in records)
     for (_, la), (_, lb) in zip(losses(online), losses(cached)):
         assert lb == pytest.approx(la, rel=1e-5)
+
+
+def test_a_damaged_or_hostile_cache_is_one_line(
+    top8_cache: Path, tiny_data: Path, teacher: Path, tmp_path: Path
+) -> None:
+    """An id past the teacher's vocabulary would be a device-side assert in the loss on a GPU;
+    a shard path in the manifest must not lead out of the cache folder."""
+    from data_prep.errors import UserError
+
+    cache = tmp_path / "cache"
+    shutil.copytree(top8_cache, cache)
+    manifest = load_manifest(tiny_data)
+    cfg = run_config(tiny_data, teacher, cache)
+    batch = online_batch(tiny_data, teacher, cfg, 0, open_run_cache(cfg, manifest))[0]
+    for ids in cache.rglob("*.ids"):  # same sizes, ids past the vocabulary
+        ids.write_bytes(b"\xff" * ids.stat().st_size)
+    with pytest.raises(UserError, match="outside the teacher's vocabulary"):
+        open_run_cache(cfg, manifest).batch_targets(batch)
+    body = json.loads((cache / "manifest.json").read_text())
+    body["shards"][0]["path"] = "../../etc/train/00000-000"
+    (cache / "manifest.json").write_text(json.dumps(body))
+    with pytest.raises(UserError, match="leaves the cache folder"):
+        open_run_cache(cfg, manifest)

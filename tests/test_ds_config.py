@@ -77,3 +77,20 @@ def test_unreadable_json_is_refused(tmp_path: Path) -> None:
         engine_settings(_cfg(bad, tmp_path), 1, "cpu")
     with pytest.raises(UserError, match="DeepSpeed config not found"):
         engine_settings(_cfg(tmp_path / "missing.json", tmp_path), 1, "cpu")
+
+
+def test_bf16_reduces_and_accumulates_gradients_in_fp32_and_saves_without_tag_collectives(
+    tmp_path: Path,
+) -> None:
+    """bf16 sums of up to 16 micro-batches over 16-64 ranks lose the low bits of small gradients;
+    DeepSpeed reduces in the parameters' dtype unless told otherwise. And DeepSpeed's check of
+    the checkpoint tag is a pair of collectives a rank with a full disk would leave unmatched."""
+    es = engine_settings(_cfg(REPO / "ds_configs" / "zero2_bf16.json", tmp_path), 2, "cpu")
+    assert es.precision == "bf16"
+    assert es.config["communication_data_type"] == "fp32"
+    assert es.config["data_types"]["grad_accum_dtype"] == "fp32"
+    assert es.config["checkpoint"]["tag_validation"] == "Ignore"
+    import torch
+    from deepspeed.runtime.config import get_communication_data_type
+
+    assert get_communication_data_type(es.config) == torch.float32  # DeepSpeed's own reading

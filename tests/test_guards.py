@@ -12,16 +12,25 @@ from pipeline.distributed.comm import ControlGroup
 from pipeline.run.guards import LossScaleWatch, Preemption, nonfinite_loss
 
 
-def test_loss_scale_watch_stops_only_when_pinned_at_the_floor() -> None:
+def test_loss_scale_watch_stops_only_on_overflows_at_the_floor() -> None:
     watch = LossScaleWatch(min_scale=1.0, patience=3)
-    # overflows that halve the scale, then recover: no stop
-    assert not any(watch.update(s) for s in (65536.0, 32768.0, 1.0, 1.0, 2.0, 1.0, 1.0))
-    assert watch.update(1.0)  # the third step in a row at the floor
-    assert not LossScaleWatch(1.0, 3).update(None)  # bf16/fp32: no loss scale, never stops
-    assert not any(LossScaleWatch(1.0, 0).update(1.0) for _ in range(10))  # patience 0: off
+    # (scale, skipped steps so far): overflows that halve the scale, then recover: no stop
+    steps = [(65536.0, 0), (32768.0, 1), (1.0, 2), (1.0, 3), (2.0, 3), (1.0, 4), (1.0, 5)]
+    assert not any(watch.update(s, k) for s, k in steps)
+    assert watch.update(1.0, 6)  # the third overflow in a row at the floor
+    assert not LossScaleWatch(1.0, 3).update(None, 0)  # bf16/fp32: no loss scale, never stops
+    assert not any(LossScaleWatch(1.0, 0).update(1.0, k) for k in range(10))  # patience 0: off
     pinned = LossScaleWatch(1.0, 2)
-    assert pinned.check(1.0) is None
-    assert "at its minimum (1) for 2 steps" in (pinned.check(1.0) or "")
+    assert pinned.check(1.0, 0) is None and pinned.check(1.0, 1) is None
+    assert "2 steps in a row overflowed at the minimum fp16 loss scale (1)" in (
+        pinned.check(1.0, 2) or ""
+    )
+
+
+def test_a_healthy_run_that_sits_at_the_floor_goes_on() -> None:
+    """The old watch counted steps *at* the floor and stopped runs that no longer overflowed."""
+    watch = LossScaleWatch(min_scale=1.0, patience=3)
+    assert not any(watch.update(1.0, 7) for _ in range(100))  # no new skipped step: healthy
 
 
 def test_nonfinite_loss_is_an_error_except_in_fp16() -> None:

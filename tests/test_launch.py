@@ -4,6 +4,7 @@ port formula, shared with slurm/env.sh."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,22 @@ def test_slurm_port_is_stable_and_one_formula_for_python_and_env_sh() -> None:
     out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == printed
+
+
+def test_env_sh_says_which_bash_it_needs_in_one_line() -> None:
+    """slurm/env.sh uses `local -n` (bash 4.3) and empty arrays under `set -u` (4.4); under an
+    older bash or a plain sh it says so instead of failing somewhere inside."""
+    sh = shutil.which("dash") or shutil.which("sh")
+    assert sh is not None
+    result = subprocess.run(
+        [sh, "-c", ". slurm/env.sh"], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "slurm/env.sh: needs bash 4.4 or newer (this is not bash); run the scripts with a newer bash"
+    ]
+    ok = subprocess.run(
+        ["bash", "-c", "set -u; . slurm/env.sh && echo sourced"], cwd=REPO, capture_output=True,
+        text=True, timeout=60, env={**os.environ, "DISTIL_VENV": ""},
+    )  # fmt: skip
+    assert ok.stdout.strip().endswith("sourced"), ok.stderr

@@ -469,3 +469,28 @@ def test_a_json_line_longer_than_the_bound_is_parsed_whole_then_cut(tmp_path: Pa
     got, stats = documents([str(path)], max_doc=100_000, piece_bytes=10_000)
     assert stats.bad.total == 0 and stats.cuts == len(got) - 2 >= 2
     assert " ".join(got[:-1]).split(" ") == words and got[-1] == "next"
+
+
+def test_a_compressed_parquet_that_would_fill_tmpdir_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_prep.sources import tables
+
+    plain = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(100)]}), plain)
+    packed = tmp_path / "rows.parquet.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spool))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    docs, _ = documents([str(packed)])
+    assert docs[:2] == ["row 0", "row 1"] and list(spool.iterdir()) == []  # unnamed, gone
+    free = __import__("shutil").disk_usage(spool).free
+    monkeypatch.setattr(tables, "SPOOL_MARGIN", free - 100)  # room for 100 bytes only
+    with pytest.raises(UserError, match=r"rows\.parquet\.gz: decompressed, it needs more"):
+        documents([str(packed)])
+    assert list(spool.iterdir()) == []

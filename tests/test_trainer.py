@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,3 +35,18 @@ def test_no_weight_decay_on_biases_and_layer_norms() -> None:
     assert len(no_decay["params"]) == 3  # the bias and both LayerNorm tensors
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
     assert opt.defaults["fused"]  # the kernel of GPU runs, on CPUs too
+
+
+def test_the_learning_rate_is_a_function_of_the_step_alone(reference_run: Path) -> None:
+    """No scheduler inside the engine (DeepSpeed does not step one on an fp16 overflow while the
+    step and the data advance): each step runs at lr x schedule(step - 1), the rate it logs."""
+    import json
+
+    from pipeline.config.schema import OptimConfig
+
+    records = [
+        json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps = [r for r in records if "eval" not in r]
+    fn, lr = lr_lambda(8, OptimConfig().warmup_fraction), OptimConfig().lr
+    assert [r["lr"] for r in steps] == pytest.approx([lr * fn(r["step"] - 1) for r in steps])

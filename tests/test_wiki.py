@@ -220,3 +220,24 @@ def test_templates_and_tables_are_dropped_before_parsing(wikitext: str, text: st
 )
 def test_links_are_resolved_as_the_parser_would(wikitext: str, text: str) -> None:
     assert wikitext_to_text(wikitext) == text
+
+
+def test_a_stream_that_inflates_without_end_is_refused_in_bounded_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bz2 bomb: 64 MiB of zeros in 50-odd bytes. Decompressed without a bound it is all in
+    memory at once (and a real one is gigabytes); it is counted as bad input after the bound."""
+    import tracemalloc
+
+    from data_prep.sources import wiki
+
+    monkeypatch.setattr(wiki, "MAX_STREAM_BYTES", 1 << 20)
+    bomb = bz2.compress(b"<page>" + bytes(64 << 20))
+    assert len(bomb) < 1000
+    stats = DocStats()
+    tracemalloc.start()
+    docs = list(wiki.stream_documents(bomb, "bomb.xml.bz2", 0, stats, wikitext_to_text))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert docs == [] and stats.bad.counts == {"oversized_stream": 100}
+    assert peak < 8 << 20, peak

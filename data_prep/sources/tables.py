@@ -14,17 +14,34 @@ from data_prep.sources.compressed import open_binary
 from data_prep.sources.units import WorkUnit
 
 BATCH_ROWS = 1024
+SPOOL_MARGIN = 1 << 30  # what a spool leaves free in the temporary folder
+
+
+def _spool(path: str, compression: str, stack: contextlib.ExitStack) -> Any:
+    """The decompressed bytes of a compressed parquet file in an unnamed temporary file (parquet
+    needs random access), in TMPDIR; refused in one line before it would fill that disk."""
+    folder = tempfile.gettempdir()
+    room = shutil.disk_usage(folder).free - SPOOL_MARGIN
+    handle = stack.enter_context(tempfile.TemporaryFile(dir=folder))  # noqa: SIM115
+    written = 0
+    with open_binary(path, compression) as fh:
+        while chunk := fh.read(1 << 22):
+            written += len(chunk)
+            if written > room:
+                raise UserError(
+                    f"{path}: decompressed, it needs more than the {max(room, 0) / 2**30:.1f} GiB "
+                    f"free in {folder} (TMPDIR); decompress it where there is room and pass the "
+                    ".parquet file (parquet compresses its columns itself), or set TMPDIR"
+                )
+            handle.write(chunk)
+    handle.seek(0)
+    return handle
 
 
 def _parquet_file(path: str, compression: str, stack: contextlib.ExitStack) -> Any:
     import pyarrow.parquet as pq
 
-    handle: Any = path
-    if compression:  # parquet needs random access: spool the decompressed file to disk
-        handle = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
-        with open_binary(path, compression) as fh:
-            shutil.copyfileobj(fh, handle, 1 << 22)
-        handle.seek(0)
+    handle: Any = _spool(path, compression, stack) if compression else path
     try:
         return pq.ParquetFile(handle)
     except Exception as exc:  # pyarrow raises several types for a corrupt file

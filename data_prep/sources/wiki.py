@@ -26,6 +26,7 @@ from data_prep.sources.compressed import BZ2_STREAM
 from data_prep.sources.units import DocStats
 
 PAGES_PER_STREAM = 100  # a broken stream of a multistream dump loses this many pages
+MAX_STREAM_BYTES = 256 << 20  # one stream holds 100 pages: more than this is a bomb, not text
 _PAGE = re.compile(rb"<page>(.*?)</page>", re.S)
 _PAGE_OPEN = re.compile(rb"<page>")
 _COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
@@ -300,12 +301,13 @@ def stream_documents(
         starts.insert(0, 0)
     for s, e in zip(starts, [*starts[1:], len(data)]):
         dec = bz2.BZ2Decompressor()
-        try:
-            xml = dec.decompress(data[s:e])
+        try:  # bounded: a stream that inflates past MAX_STREAM_BYTES is not a stream of pages
+            xml = dec.decompress(data[s:e], max_length=MAX_STREAM_BYTES)
         except (OSError, EOFError, ValueError):
             xml = b""
-        if not dec.eof:  # corrupt or truncated
-            stats.bad.add("broken_stream", f"{source}:byte {offset + s}", PAGES_PER_STREAM)
+        if not dec.eof:
+            reason = "oversized_stream" if len(xml) >= MAX_STREAM_BYTES else "broken_stream"
+            stats.bad.add(reason, f"{source}:byte {offset + s}", PAGES_PER_STREAM)
             continue
         base = offset + s
 

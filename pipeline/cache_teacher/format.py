@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -215,15 +215,23 @@ class CacheManifest:
     @staticmethod
     def from_json(body: dict[str, Any], where: Path) -> CacheManifest:
         try:
-            return CacheManifest(
+            manifest = CacheManifest(
                 dict(body["identity"]), dict(body["settings"]), list(body["shards"]),
                 dict(body["totals"]),
             )  # fmt: skip
+            paths = [str(shard["path"]) for shard in manifest.shards]
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(
                 f"{where}: a required field is missing or malformed ({exc!r}); rerun "
                 "cache_teacher --finalize"
             ) from None
+        for path in paths:
+            parts = PurePosixPath(path).parts
+            if not parts or PurePosixPath(path).is_absolute() or ".." in parts:
+                raise UserError(
+                    f"{where}: shard path {path!r} leaves the cache folder; rebuild the cache"
+                )
+        return manifest
 
 
 def load_cache_manifest(cache_dir: str | Path) -> CacheManifest:

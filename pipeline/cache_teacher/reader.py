@@ -59,6 +59,7 @@ class TeacherCache:
         self.k = int(s["k"])
         self.num_views = int(s["num_views"])
         self.samples = int(s.get("samples", 0))
+        self.vocab = int(s["teacher_vocab_size"])
         self.id_dtype = np.dtype(s["id_dtype"])
         self.value_dtype = np.dtype(s["value_dtype"])
         self.shards: list[dict[str, Any]] = manifest.shards
@@ -158,6 +159,12 @@ class TeacherCache:
             ids.append(i)
             values.append(v)
         id_arr = np.concatenate(ids) if ids else np.zeros((0, self.k), self.id_dtype)
+        if id_arr.size and (int(id_arr.max()) >= self.vocab or int(id_arr.min()) < 0):
+            raise UserError(  # on a GPU, a device-side assert in the loss instead of this line
+                f"{self.dir}: cached token ids span {int(id_arr.min())}..{int(id_arr.max())}, "
+                f"outside the teacher's vocabulary of {self.vocab}; the cache is damaged: "
+                "rebuild it with python -m pipeline.cache_teacher"
+            )
         val_arr = np.concatenate(values) if values else np.zeros((0, self.k), self.value_dtype)
         return torch.from_numpy(id_arr.astype(np.int64)), self.to_logp(val_arr)
 

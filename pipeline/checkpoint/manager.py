@@ -2,10 +2,12 @@
 
 :class:`CheckpointManager` decides when a checkpoint is due (every ``train.save_every`` steps, at
 the end, and before stopping), refuses to save weights that are not finite (every rank agrees),
-saves through :func:`pipeline.checkpoint.save` (ZeRO checkpoint + per-rank state + commit marker,
-``keep_last`` complete ones kept), logs the size and time of each save, names the last good
-checkpoint for error messages, and resumes an engine from a checkpoint: directly at the same world
-size (bitwise exact, RNG restored), through DeepSpeed's universal format at another.
+saves through :func:`pipeline.checkpoint.save.save` (ZeRO checkpoint + per-rank state + commit
+marker from every rank's report, ``keep_last`` kept in commit order), logs the size and time of
+each save, names the last good checkpoint for error messages, chooses the checkpoint every rank
+resumes from (rank 0, checksums verified, one line of history kept: :mod:`.history`), and
+resumes an engine from it: directly at the same world size (bitwise exact, RNG restored),
+through DeepSpeed's universal format at another.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import torch
 
 from data_prep.errors import UserError
 from pipeline.checkpoint import store as ckpt
+from pipeline.checkpoint.history import start_line
+from pipeline.checkpoint.save import save
+from pipeline.checkpoint.universal import ensure_universal, universal_path
 from pipeline.config.schema import TrainConfig
 from pipeline.distributed.comm import ControlGroup
 
@@ -51,7 +56,8 @@ class CheckpointManager:
         ):
             return f"non-finite weights at step {step}"
         start = time.perf_counter()
-        path = ckpt.save(
+        # SaveFailed, on every rank, when any rank could not write its part
+        path = save(
             engine, self.run_dir, step, consumed, self.identity, self.cfg.keep_last, self.control
         )
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -62,19 +68,25 @@ class CheckpointManager:
         return None
 
     def last_good(self) -> str:
-        found = ckpt.find_resume(self.run_dir, "auto", warn=False)
+        found = ckpt.find_resume(self.run_dir, "auto", verify=False, quiet=True)
         return str(found.path) if found else "(none)"
 
     def agree_resume(self, resume: str) -> ckpt.CheckpointInfo | None:
         """The checkpoint every rank resumes from (collective): rank 0 chooses (``auto``: its
-        newest complete one) and every rank reads that one. On a shared file system just after a
-        requeue, nodes can see different newest checkpoints; a rank that cannot read rank 0's
-        choice fails the job on every rank with one line, instead of loading another one."""
-        chosen = None
-        if self.rank == 0:
-            found = ckpt.find_resume(self.run_dir, resume, warn=True)
-            chosen = str(found.path) if found else None
-        chosen = self.control.broadcast(chosen)
+        newest complete one whose files match their checksums), keeps one line of history
+        (:func:`~pipeline.checkpoint.history.start_line`), and every rank reads that one. On a
+        shared file system just after a requeue, nodes can see different newest checkpoints; a
+        rank that cannot read rank 0's choice fails the job on every rank with one line, instead
+        of loading another one."""
+
+        def choose() -> str | None:
+            if self.rank != 0:
+                return None
+            found = ckpt.find_resume(self.run_dir, resume, verify=True)
+            start_line(self.run_dir, resume, found, self.log)
+            return str(found.path) if found else None
+
+        chosen = self.control.broadcast(self.control.together(choose))
         if chosen is None:
             return None
 
@@ -103,9 +115,9 @@ class CheckpointManager:
                     f"resuming {found.tag} (saved by {found.world_size} ranks) on {world}: "
                     "converting to a universal checkpoint"
                 )
-                ckpt.ensure_universal(found)
-            self.control.barrier()
-            load_dir, tag = str(found.path.parent), ckpt.universal_path(found).name
+            # every rank learns at once if the conversion fails on rank 0, and why
+            self.control.together(lambda: ensure_universal(found) if self.rank == 0 else None)
+            load_dir, tag = str(found.path.parent), universal_path(found).name
         path, _client = engine.load_checkpoint(load_dir, tag=tag)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load {found.path}")

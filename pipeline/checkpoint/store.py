@@ -1,42 +1,38 @@
-"""Checkpoints that never lose work: ZeRO checkpoint + per-rank state + a commit marker.
+"""Checkpoints on disk: the ZeRO checkpoint, our per-rank state, and the commit marker.
 
 Layout under ``RUN_DIR/checkpoints``::
 
     latest                        DeepSpeed's pointer; names the newest *complete* checkpoint
-    global_stepN/                 engine.save_checkpoint (model, ZeRO optimizer shards, scheduler,
-                                  loss scaler) + distil_rank{R}.pt (RNG states, data cursor)
-                                  + COMMIT.json (written last, by rank 0, after every rank's
-                                  files are on disk and all ranks agreed)
+    global_stepN/                 engine.save_checkpoint (model, ZeRO optimizer shards, loss
+                                  scaler) + distil_rank{R}.pt (RNG states, data cursor)
+                                  + COMMIT.json (written last, by rank 0, from what every rank
+                                  reports it wrote: name, bytes and sha256 of each file)
     global_stepN_universal/       DeepSpeed universal checkpoint, made when resuming on another
-                                  number of ranks
+                                  number of ranks (:mod:`.universal`)
+    set-aside-TIME/global_stepN/  newer checkpoints of an abandoned line of history, kept
+                                  (:mod:`.history`)
 
-A checkpoint is complete when COMMIT.json exists and every file it lists has the recorded size;
-anything else is ignored on resume (with a warning) and never deletes the newest complete one.
+A checkpoint is complete when COMMIT.json exists and every file it lists has the recorded size
+(:func:`problem`); the checkpoint chosen for a resume is also checked byte for byte against the
+recorded sha256 (:func:`verify_checksums`). Anything else is skipped on resume, with a warning.
+Writing one is :mod:`.save`.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
 import random
 import re
-import shutil
-import signal
-import subprocess
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from data_prep.atomic import atomic_open, fsync_dir, write_json
 from data_prep.errors import UserError
-from data_prep.versioned import load_versioned, stamp
-from pipeline.distributed.comm import ControlGroup
+from data_prep.versioned import load_versioned
 
 COMMIT = "COMMIT.json"
 COMMIT_FORMAT = "distil-checkpoint"
@@ -70,6 +66,11 @@ class CheckpointInfo:
     def tag(self) -> str:
         return self.path.name
 
+    @property
+    def commit_index(self) -> int:
+        """The order of commits in the run folder (older COMMIT.json files: by step)."""
+        return int(self.commit.get("commit_index", self.step))
+
 
 def load_commit(path: Path) -> dict[str, Any]:
     """The commit record of the checkpoint at ``path`` (format and version checked)."""
@@ -83,8 +84,15 @@ def load_commit(path: Path) -> dict[str, Any]:
     )
 
 
-def _problem(path: Path) -> str | None:
-    """Why the checkpoint at ``path`` is not complete, or None."""
+def _recorded(entry: Any) -> tuple[int, str | None]:
+    """(bytes, sha256) of a COMMIT file entry (older records hold the size alone)."""
+    if isinstance(entry, dict):
+        return int(entry["bytes"]), entry.get("sha256")
+    return int(entry), None
+
+
+def problem(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` is not complete, or None (sizes only: cheap)."""
     marker = path / COMMIT
     if not marker.is_file():
         return "no COMMIT.json (the save did not finish)"
@@ -92,8 +100,9 @@ def _problem(path: Path) -> str | None:
         commit = load_commit(path)
     except UserError:
         return "COMMIT.json is unreadable or of another format"
-    for name, size in commit.get("files", {}).items():
+    for name, entry in commit.get("files", {}).items():
         f = path / name
+        size, _ = _recorded(entry)
         if not f.is_file():
             return f"{name} is missing"
         if f.stat().st_size != size:
@@ -101,17 +110,38 @@ def _problem(path: Path) -> str | None:
     return None
 
 
+def sha256_of(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksums(path: Path) -> str | None:
+    """The first file of the checkpoint whose bytes differ from their recorded sha256, or None.
+    Reads every file once (about 1.5 GB/s on one core of these machines)."""
+    commit = load_commit(path)
+    for name, entry in commit.get("files", {}).items():
+        _, recorded = _recorded(entry)
+        if recorded is not None and sha256_of(path / name) != recorded:
+            return f"{name} does not match its sha256 in COMMIT.json (the file changed on disk)"
+    return None
+
+
 def read_checkpoint(path: Path) -> CheckpointInfo:
-    problem = _problem(path)
-    if problem:
+    why = problem(path)
+    if why:
         raise UserError(
-            f"{path}: not a complete checkpoint ({problem}); use --resume auto to take the newest complete one"
+            f"{path}: not a complete checkpoint ({why}); use --resume auto to take the newest "
+            "complete one"
         )
     commit = load_commit(path)
     return CheckpointInfo(path, int(commit["step"]), commit)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoint folders of the run (complete or not), by step."""
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
@@ -121,24 +151,49 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_resume(run_dir: str | Path, resume: str, warn: bool = True) -> CheckpointInfo | None:
-    """The checkpoint to resume from: newest complete (``auto``), none, or a given path."""
+def complete_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
+    """The complete checkpoints of the run, in commit order."""
+    found = [read_checkpoint(p) for p in list_checkpoints(run_dir) if problem(p) is None]
+    return sorted(found, key=lambda c: c.commit_index)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def newest_good(run_dir: str | Path, verify: bool, quiet: bool = False) -> CheckpointInfo | None:
+    """The newest complete checkpoint of the run in commit order whose files, with ``verify``,
+    also match their checksums; incomplete and damaged ones are skipped with a warning."""
+    complete = []
+    for path in list_checkpoints(run_dir):
+        why = problem(path)
+        if why is None:
+            complete.append(read_checkpoint(path))
+        elif not quiet:
+            warn(f"skipping incomplete checkpoint {path}: {why}")
+    for ckpt in sorted(complete, key=lambda c: c.commit_index, reverse=True):
+        why = verify_checksums(ckpt.path) if verify else None
+        if why is None:
+            return ckpt
+        if not quiet:
+            warn(f"skipping damaged checkpoint {ckpt.path}: {why}")
+    return None
+
+
+def find_resume(
+    run_dir: str | Path, resume: str, verify: bool = True, quiet: bool = False
+) -> CheckpointInfo | None:
+    """The checkpoint to resume from: ``auto`` the newest good one, ``none`` none, or a path
+    (refused in one line when incomplete or, with ``verify``, damaged)."""
     if resume == "none":
         return None
-    if resume != "auto":
-        return read_checkpoint(Path(resume))
-    for path in reversed(list_checkpoints(run_dir)):
-        problem = _problem(path)
-        if problem is None:
-            return read_checkpoint(path)
-        if warn:
-            warnings.warn(f"skipping incomplete checkpoint {path}: {problem}", stacklevel=2)
-            print(
-                f"warning: skipping incomplete checkpoint {path}: {problem}",
-                file=sys.stderr,
-                flush=True,
-            )
-    return None
+    if resume == "auto":
+        return newest_good(run_dir, verify, quiet)
+    found = read_checkpoint(Path(resume))
+    why = verify_checksums(found.path) if verify else None
+    if why:
+        raise UserError(f"--resume {resume}: {why}; resume from another checkpoint")
+    return found
 
 
 def check_compatible(ckpt: CheckpointInfo, identity: dict[str, Any]) -> None:
@@ -157,17 +212,26 @@ def check_compatible(ckpt: CheckpointInfo, identity: dict[str, Any]) -> None:
     if diffs:
         raise UserError(
             f"{ckpt.path}: this run's config contradicts the checkpoint: {'; '.join(diffs)} differ. "
-            "Use the run's original settings, or --resume none with a new --output"
+            "Use the run's original settings, or start a new run with a new --output"
         )
 
 
+# --- per-rank state: plain tensors, lists and numbers, so it loads with weights_only=True -------
 def capture_rank_state(step: int, consumed: int, world_size: int) -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "step": step,
         "consumed_samples": consumed,
         "world_size": world_size,
-        "python_rng": random.getstate(),
-        "numpy_rng": np.random.get_state(),
+        "python_rng": [version, list(mt), gauss],
+        "numpy_rng": [
+            str(kind),
+            torch.from_numpy(np.asarray(keys).astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
         "torch_rng": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -176,11 +240,27 @@ def capture_rank_state(step: int, consumed: int, world_size: int) -> dict[str, A
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python_rng"])
-    np.random.set_state(state["numpy_rng"])
+    version, mt, gauss = state["python_rng"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda_rng"])
+
+
+def load_rank_state(ckpt: CheckpointInfo, rank: int) -> dict[str, Any] | None:
+    """This rank's state of the checkpoint, read with ``weights_only=True`` (no code runs); None
+    when there is none or it is of an older format (the RNG streams then start afresh)."""
+    path = rank_state_path(ckpt.path, rank)
+    if not path.is_file():
+        return None
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the pickled numpy state of older releases, or a damaged file
+        warn(f"{path}: not readable as plain tensors ({type(exc).__name__}); fresh RNG streams")
+        return None
+    return state
 
 
 _RANK_FILE = re.compile(r"(?:zero_pp_rank_|distil_rank)0*(\d+)[_.]")
@@ -191,137 +271,3 @@ def owner_of(name: str) -> int:
     name it; everything else (model states, the commit marker) is rank 0's."""
     match = _RANK_FILE.search(name)
     return int(match.group(1)) if match else 0
-
-
-def _fsync_own_files(path: Path, rank: int) -> None:
-    """fsync the files of ``path`` this rank wrote (each file by one rank: W + 2 fsyncs per save,
-    not W x (W + 2)); rank 0 also syncs the folder."""
-    for f in sorted(path.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and owner_of(f.name) == rank:
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    if rank == 0:
-        fsync_dir(path)
-
-
-def save(
-    engine: Any,
-    run_dir: str | Path,
-    step: int,
-    consumed: int,
-    identity: dict[str, Any],
-    keep_last: int,
-    control: ControlGroup,
-) -> Path:
-    """Collective: every rank calls it. Returns the committed checkpoint's path."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    root = checkpoint_root(run_dir)
-    tag = tag_for(step)
-    path = root / tag
-    if rank == 0 and path.exists():
-        shutil.rmtree(path)  # left by a run that died while saving this very step
-    control.barrier()
-    client_state = {"step": step, "consumed_samples": consumed}
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    state = capture_rank_state(step, consumed, world)
-    with atomic_open(rank_state_path(path, rank), "wb") as fh:
-        torch.save(state, fh)
-    _fsync_own_files(path, rank)
-    if not control.all(rank_state_path(path, rank).is_file()):
-        raise RuntimeError(
-            f"checkpoint {path}: a rank failed to write its state; the previous checkpoint stays the newest"
-        )
-    if rank == 0:
-        files = {
-            str(f.relative_to(path)): f.stat().st_size
-            for f in sorted(path.rglob("*"))
-            if f.is_file()
-        }
-        record = {
-            "step": step,
-            "consumed_samples": consumed,
-            "world_size": world,
-            "identity": identity,
-            "files": files,
-        }
-        write_json(path / COMMIT, stamp(record, COMMIT_FORMAT, COMMIT_VERSION))
-        with atomic_open(root / "latest", "w") as fh:
-            fh.write(tag)
-        _prune(root, keep_last)
-    control.barrier()
-    return path
-
-
-def _step_of(path: Path) -> int:
-    match = _TAG.match(path.name)
-    return int(match.group(1)) if match else -1
-
-
-def _prune(root: Path, keep_last: int) -> None:
-    """Delete old checkpoints: keep the newest ``keep_last`` complete ones; drop stale partial ones."""
-    paths = list_checkpoints(root.parent)
-    complete = [p for p in paths if _problem(p) is None]
-    keep = set(complete[-max(keep_last, 1) :])
-    newest = complete[-1] if complete else None
-    for p in paths:
-        if p in keep:
-            continue
-        older = newest is not None and _step_of(p) < _step_of(newest)
-        if p in complete or older:
-            shutil.rmtree(p, ignore_errors=True)
-            shutil.rmtree(root / f"{p.name}_universal", ignore_errors=True)
-
-
-def _ignore_preemption() -> None:
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def universal_path(ckpt: CheckpointInfo) -> Path:
-    return ckpt.path.parent / f"{ckpt.tag}_universal"
-
-
-def ensure_universal(ckpt: CheckpointInfo) -> Path:
-    """Convert a ZeRO checkpoint to DeepSpeed's universal format (rank 0 calls this), once."""
-    out = universal_path(ckpt)
-    done = out / "DISTIL_DONE"
-    if done.is_file():
-        return out
-    if out.exists():
-        shutil.rmtree(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "deepspeed.checkpoint.ds_to_universal",
-        "--input_folder",
-        str(ckpt.path),
-        "--output_folder",
-        str(tmp),
-        "--inject_missing_state",
-        "--num_extract_workers",
-        "2",
-        "--num_merge_workers",
-        "1",
-    ]
-    # Slurm signals every process of a task: the conversion finishes, the trainer then stops.
-    result = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_ignore_preemption)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-5:])
-        raise RuntimeError(f"converting {ckpt.path} to a universal checkpoint failed:\n{tail}")
-    tmp.rename(out)
-    done.write_text(json.dumps({"from": ckpt.tag}))
-    fsync_dir(out.parent)
-    return out
-
-
-def load_rank_state(ckpt: CheckpointInfo, rank: int) -> dict[str, Any] | None:
-    path = rank_state_path(ckpt.path, rank)
-    if not path.is_file():
-        return None
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    return state

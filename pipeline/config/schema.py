@@ -162,6 +162,9 @@ class DataConfig:
     """CACHE_DIR written by pipeline.cache_teacher: teacher logits instead of a teacher forward."""
     num_workers: int = 2
     """Background data-loader processes per rank."""
+    verify_checksums: bool = True
+    """Before training, check every shard's sha256 against the manifest (the ranks share the
+    work): a byte changed on disk stops the run in one line instead of being trained on."""
 
 
 @dataclass
@@ -201,12 +204,20 @@ class TrainConfig:
     preempt_exit_code: int = 42
     """Exit code after a preemption checkpoint (slurm/pretrain.sbatch requeues on it)."""
     max_min_scale_steps: int = 200
-    """fp16: stop (without saving) when the loss scale stays at its minimum this many steps."""
+    """fp16: stop (without saving) when this many steps in a row overflow at the minimum loss scale."""
     sample_log: bool = False
     """Each rank appends the sample indices and mask views of every micro-batch to
     RUN_DIR/samples/rankR.jsonl (a data audit: none skipped, none repeated)."""
     stop_after_steps: int = 0
     """Stop (with a checkpoint) after this many steps of this process, leaving max_steps as it is (testing, time slices)."""
+    collective_timeout_s: int = 1800
+    """Longest wait of any collective (the process group and the control group): a rank that
+    died without a word (SIGKILL, a lost node) ends every other rank's wait after this long.
+    Failures a rank can report (a failed save, a failed conversion, bad input) end every rank's
+    wait at once, whatever this is."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:4096:8: the same
+    bits from run to run on a GPU too, at some cost in speed (CPU runs are deterministic anyway)."""
 
 
 @dataclass
@@ -287,6 +298,8 @@ def validate(cfg: Config) -> RunPaths:
         )
     check_masking(cfg.masking)
     t = cfg.train
+    if t.collective_timeout_s < 1:
+        raise UserError("train.collective_timeout_s must be at least 1 (seconds)")
     if t.global_batch_size < 1 or t.micro_batch_size < 0:
         raise UserError("train.global_batch_size must be >= 1 and train.micro_batch_size >= 0")
     if t.max_steps < 0 or (t.max_steps == 0 and t.epochs <= 0):

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from data_prep.errors import UserError
 from pipeline.data.masking import IGNORE_INDEX, Masker
 from pipeline.data.sampling import BatchLayout, BlendOrder, UniformOrder, eval_indices
 from pipeline.data.shards import ShardedDataset
@@ -141,19 +143,49 @@ def _ignore_signals(_worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def loader(
-    dataset: torch.utils.data.Dataset, num_workers: int, pin_memory: bool
-) -> torch.utils.data.DataLoader:
+class Loader:
+    """A DataLoader whose workers' :class:`UserError` comes out as the one line it was (torch
+    wraps a worker's exception in a message holding the worker's traceback)."""
+
+    def __init__(self, inner: torch.utils.data.DataLoader) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        it = iter(self.inner)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except UserError as exc:
+                raise UserError(worker_message(str(exc))) from None
+            yield batch
+
+
+def worker_message(text: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker."""
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.split("UserError: ", 1)[-1]
+
+
+def loader(dataset: torch.utils.data.Dataset, num_workers: int, pin_memory: bool) -> Loader:
     """Items are whole micro-batches; a private generator keeps the global torch RNG untouched."""
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if num_workers else None,
-        persistent_workers=False,
-        generator=torch.Generator(),
-        multiprocessing_context="fork" if num_workers else None,
-        worker_init_fn=_ignore_signals if num_workers else None,
+    return Loader(
+        torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            prefetch_factor=4 if num_workers else None,
+            persistent_workers=False,
+            generator=torch.Generator(),
+            multiprocessing_context="fork" if num_workers else None,
+            worker_init_fn=_ignore_signals if num_workers else None,
+        )
     )

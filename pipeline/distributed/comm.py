@@ -98,6 +98,14 @@ class ControlGroup:
         if self.world > 1:
             dist.barrier(group=self.group)
 
+    def gather(self, obj: T) -> list[T]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        out: list[T | None] = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
+        return out  # type: ignore[return-value]
+
     def broadcast(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (a picklable Python object)."""
         if self.world == 1:
@@ -107,22 +115,39 @@ class ControlGroup:
         return box[0]
 
     def together(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on every rank, then agree: if it raised on any rank, every rank stops (the
-        failing one with its own error), instead of the others waiting for it forever."""
+        """Run ``fn`` on every rank, then agree: if it raised on any rank, every rank stops at
+        once (the failing one with its own error, the others with one line naming the first
+        failing rank and its cause), instead of the others waiting for it until a timeout."""
         failed: BaseException | None = None
         result: T | None = None
         try:
             result = fn()
         except BaseException as exc:
             failed = exc
-        any_failed = self.any(failed is not None)
+        causes = self.gather(None if failed is None else one_line(failed))
         if failed is not None:
             raise failed
-        if any_failed:
-            raise UserError(
-                "another rank failed (its error is in the log); fix it and rerun the same command"
-            )
+        bad = [(rank, cause) for rank, cause in enumerate(causes) if cause is not None]
+        if bad:
+            rank, cause = bad[0]
+            raise UserError(f"rank {rank} failed: {cause}")
         return result  # type: ignore[return-value]
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: a UserError's message, else its type and first line."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return first if isinstance(exc, UserError) else f"{type(exc).__name__}: {first}".rstrip(": ")
+
+
+def release_peers() -> None:
+    """Join the barrier on the default group that DeepSpeed's other ranks wait in after a
+    collective call this rank left with an exception (a checkpoint save that failed here while
+    the others finished): they go on, and every rank then agrees on the failure on the control
+    group, instead of waiting for this one until the timeout."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def reduce_on_device(values: torch.Tensor) -> torch.Tensor:

@@ -92,29 +92,61 @@ def local_address_towards(peer: str) -> str | None:
             return None
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def own_interface() -> str | None:
+    """The interface other hosts reach this one by: the default route's, else the only one with
+    a routable IPv4 address (compute nodes often have no default route). None when unknown."""
+    via_default = local_address_towards("192.0.2.1")  # TEST-NET-1: any route
+    if via_default and not _loopback(via_default):
+        return _interface_of(via_default)
+    routable = [
+        name
+        for _, name in socket.if_nameindex()
+        if (address := _ipv4_of(name)) is not None and not _loopback(address)
+    ]
+    return routable[0] if len(routable) == 1 else None
+
+
 def gloo_interface(master_addr: str) -> str | None:
-    """The interface gloo must bind to for ranks on other hosts to reach this one: the one that
-    routes to MASTER_ADDR. None when nothing needs setting: GLOO_SOCKET_IFNAME is the user's, or
-    every rank is on this host (MASTER_ADDR is loopback)."""
+    """The interface gloo must bind to for ranks on other hosts to reach this one. None when
+    nothing needs setting: GLOO_SOCKET_IFNAME is the user's, or every rank is on this host
+    (MASTER_ADDR is a loopback address or ``localhost``).
+
+    Elsewhere: the interface that routes to MASTER_ADDR. On the master node itself, when
+    MASTER_ADDR is its own host name (what ``slurm/env.sh`` sets) and that name resolves to
+    127.0.1.1 (Debian's /etc/hosts), the other nodes reach it by the name's real address: the
+    interface of this host's routable address (:func:`own_interface`)."""
     if os.environ.get("GLOO_SOCKET_IFNAME"):
         return None
     master = _resolve(master_addr)
-    if master is None or _loopback(master):
+    if master is None:
         return None
+    if _loopback(master):
+        if _is_ip(master_addr) or master_addr == "localhost":
+            return None
+        return own_interface()
     local = local_address_towards(master)
     return _interface_of(local) if local else None
 
 
 def routable_address() -> str:
     """An address of this host that other hosts can reach: GLOO_SOCKET_IFNAME's, else the host
-    name's when it is not loopback, else the source address of the default route."""
+    name's when it is not loopback, else the address of :func:`own_interface`."""
     ifname = os.environ.get("GLOO_SOCKET_IFNAME", "").split(",")[0]
     if ifname and (address := _ipv4_of(ifname)):
         return address
     own = _resolve(socket.gethostname())
     if own is not None and not _loopback(own):
         return own
-    return local_address_towards("192.0.2.1") or own or "127.0.0.1"  # TEST-NET-1: any route
+    interface = own_interface()
+    return (_ipv4_of(interface) if interface else None) or own or "127.0.0.1"
 
 
 def _free_port() -> int:

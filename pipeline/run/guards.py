@@ -5,8 +5,10 @@
   of them checkpoint and exit with ``train.preempt_exit_code``. The handlers are installed when
   the process starts (before the teacher loads, DeepSpeed starts or a checkpoint converts), so a
   signal during start-up is a request to stop before the first step, never a crash.
-* :class:`LossScaleWatch`: fp16's dynamic loss scale pinned at its floor means every step
-  overflows and the run makes no progress.
+* :class:`LossScaleWatch`: fp16 steps that keep overflowing at the floor of the dynamic loss
+  scale make no progress. It is the one owner of that decision (the trainer turns off
+  DeepSpeed's own exception at the floor); a run that merely sits at the floor and no longer
+  overflows goes on.
 * :func:`nonfinite_loss`: in bf16/fp32 a non-finite loss is an error (in fp16 it is a skipped step).
 Each check returns what is wrong, or None; the trainer stops without saving and names the last
 good checkpoint.
@@ -54,30 +56,35 @@ class Preemption:
 
 
 class LossScaleWatch:
-    """Counts consecutive optimizer steps with the fp16 loss scale at its floor.
+    """Counts consecutive optimizer steps that overflowed (were skipped) with the fp16 loss scale
+    at its floor.
 
-    A few skipped (overflowing) steps are normal with dynamic loss scaling; a scale pinned at its
-    minimum means every step overflows and the run makes no progress.
+    A few skipped steps are normal with dynamic loss scaling; steps that keep overflowing at the
+    minimum scale can never succeed. A scale that sits at the floor while steps succeed is fine.
     """
 
     def __init__(self, min_scale: float, patience: int) -> None:
         self.min_scale = min_scale
         self.patience = patience
         self.at_floor = 0
+        self.skipped: int | None = None
 
-    def update(self, scale: float | None) -> bool:
-        """Record this step's scale; True when the run should stop."""
+    def update(self, scale: float | None, skipped_total: int) -> bool:
+        """Record this step (its scale, the engine's count of skipped steps so far); True when
+        the run should stop."""
         if scale is None:
             return False
-        self.at_floor = self.at_floor + 1 if scale <= self.min_scale else 0
+        overflowed = self.skipped is not None and skipped_total > self.skipped
+        self.skipped = skipped_total
+        self.at_floor = self.at_floor + 1 if overflowed and scale <= self.min_scale else 0
         return self.patience > 0 and self.at_floor >= self.patience
 
-    def check(self, scale: float | None) -> str | None:
-        if not self.update(scale):
+    def check(self, scale: float | None, skipped_total: int) -> str | None:
+        if not self.update(scale, skipped_total):
             return None
         return (
-            f"the fp16 loss scale has been at its minimum ({self.min_scale:g}) for "
-            f"{self.at_floor} steps: every step overflows"
+            f"{self.at_floor} steps in a row overflowed at the minimum fp16 loss scale "
+            f"({self.min_scale:g}): no step can succeed"
         )
 
 

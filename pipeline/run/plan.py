@@ -21,6 +21,7 @@ from data_prep.tokenizer import check_model_tokenizer
 from pipeline.cache_teacher.reader import TeacherCache, open_cache
 from pipeline.config.schema import Config, RunPaths
 from pipeline.data.corpus import Corpus
+from pipeline.data.shards import ShardedDataset
 from pipeline.distributed.launch import DistEnv
 from pipeline.model.alignment import Alignment, projection_shapes, resolve_alignment
 from pipeline.model.masked_lm import (
@@ -91,6 +92,11 @@ def prepare(
     """Every file of the run read and checked."""
     corpus = Corpus(paths.sources)
     manifest = corpus.manifest
+    if cfg.data.verify_checksums:
+        for split in ("train", "valid"):
+            ShardedDataset(paths.sources[0].path, split, manifest).verify_checksums(
+                env.rank, env.world_size
+            )
     engine = engine_settings(cfg, env.world_size, device.type)
     cached = bool(paths.teacher_cache) and cfg.distilling and cfg.loss.alpha_ce > 0
     notes: list[str] = []

@@ -11,6 +11,7 @@ the guards of :mod:`pipeline.run.guards`, :class:`~pipeline.run.metrics.LogWindo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.checkpoint.manager import CheckpointManager
+from pipeline.checkpoint.save import SaveFailed
 from pipeline.config.schema import Config, save_config
 from pipeline.data.batch import to_device
 from pipeline.data.loader import EvalBatches, MicroBatches, loader
@@ -37,6 +39,7 @@ from pipeline.run.optim import build_optimizer, lr_lambda
 from pipeline.run.plan import Plan
 
 EXIT_NONFINITE = 3
+EXIT_SAVE_FAILED = 4
 
 
 class Engine(Protocol):
@@ -51,6 +54,13 @@ def _main_print(enabled: bool) -> Any:
     return (lambda msg: print(msg, flush=True)) if enabled else (lambda msg: None)
 
 
+def make_deterministic() -> None:
+    """The same bits from run to run on a GPU as on a CPU: deterministic kernels (a warning, not
+    an error, for an op that has none) and cuBLAS's fixed workspace."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 class Trainer:
     def __init__(
         self,
@@ -59,12 +69,13 @@ class Trainer:
         device: torch.device,
         plan: Plan,
         engine: Engine | None = None,
+        control: ControlGroup | None = None,
     ) -> None:
         """Collective. ``engine``: a stand-in for the DeepSpeed engine (benchmark baselines)."""
         self.cfg, self.env, self.device, self.plan = cfg, env, device, plan
         self.run_dir = Path(plan.paths.output)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.control = ControlGroup()
+        self.control = control or ControlGroup(cfg.train.collective_timeout_s)
         manifest = plan.manifest
         self.pad_id = manifest.special_ids.pad
         first = plan.paths.sources[0].path
@@ -79,10 +90,15 @@ class Trainer:
         self.layout = BatchLayout(
             cfg.train.global_batch_size, es.micro_batch, es.grad_accum, self.world, self.rank
         )
+        self.say = _main_print(self.rank == 0)
+        self.checkpoints = CheckpointManager(
+            self.run_dir, cfg.train, plan.identity, self.control, self.rank, self.say
+        )
+        # Before anything is written into the run folder: a refusal changes nothing there.
+        found = self.checkpoints.agree_resume(cfg.train.resume)
         if self.rank == 0:
             self._write_run_files()
         self.control.barrier()
-        self.say = _main_print(self.rank == 0)
         self.teacher = plan.teacher
         if self.teacher is not None:
             self.teacher.to(device=device, dtype=teacher_dtype(cfg.model.teacher_dtype, device))
@@ -94,13 +110,11 @@ class Trainer:
         module = StudentWithLoss(plan.student, cfg.loss, plan.alignment, cfg.distilling)
         if cfg.model.compile:
             plan.student.compile_encoder()
-        self.checkpoints = CheckpointManager(
-            self.run_dir, cfg.train, plan.identity, self.control, self.rank, self.say
-        )
-        found = self.checkpoints.agree_resume(cfg.train.resume)
         if found is not None and found.world_size != self.world:
             plan.engine.config.setdefault("checkpoint", {})["load_universal"] = True
+        self.optimizer: torch.optim.Optimizer | None = None
         self.engine: Any = engine if engine is not None else self._deepspeed(module)
+        self.schedule = lr_lambda(plan.max_steps, cfg.optim.warmup_fraction)
         self.step, self.consumed = 0, 0
         if found is not None:
             self.step, self.consumed = self.checkpoints.resume(self.engine, found, self.world)
@@ -112,17 +126,22 @@ class Trainer:
     def _deepspeed(self, module: torch.nn.Module) -> Any:
         import deepspeed
 
-        optimizer = build_optimizer(module, self.cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(self.plan.max_steps, self.cfg.optim.warmup_fraction)
-        )
+        # No scheduler inside the engine: DeepSpeed does not step one on an fp16 overflow, while
+        # the step and the data cursor advance. The learning rate is set before every step from
+        # the step number alone (:meth:`train_step`): a skipped step uses its data and its place
+        # in the schedule, and a resume finds the schedule where the run left it.
+        self.optimizer = build_optimizer(module, self.cfg)
         engine, _, _, _ = deepspeed.initialize(
             model=module,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
+            optimizer=self.optimizer,
             config=self.plan.engine.config,
             dist_init_required=False,
         )
+        # One owner of the fp16 decision: LossScaleWatch stops the run with its own line and
+        # exit code; DeepSpeed's scaler would raise a bare Exception at its floor instead.
+        scaler = getattr(engine.optimizer, "loss_scaler", None)
+        if scaler is not None and hasattr(scaler, "raise_error_at_min_scale"):
+            scaler.raise_error_at_min_scale = False
         return engine
 
     def _write_run_files(self) -> None:
@@ -166,7 +185,12 @@ class Trainer:
         return iter(loader(data, workers, self.device.type == "cuda"))
 
     def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> None:
-        """One optimizer step: ``grad_accum`` micro-batches through the engine."""
+        """One optimizer step: ``grad_accum`` micro-batches through the engine, at the learning
+        rate the schedule gives this step (whether or not an earlier step was skipped)."""
+        if self.optimizer is not None:
+            lr = self.cfg.optim.lr * self.schedule(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         for micro in range(self.layout.grad_accum):
             batch = next(batches)
             if self.samples is not None:
@@ -211,14 +235,20 @@ class Trainer:
                 if problem := nonfinite_loss(record, self.step, self._fp16):
                     return self._close(log, EXIT_NONFINITE, self._stopping(problem))
                 log.log_step(record)
-            if problem := scale_watch.check(self._loss_scale()):
+            if problem := scale_watch.check(self._loss_scale(), self._skipped_steps()):
                 return self._close(log, EXIT_NONFINITE, self._stopping(problem))
             if (t.eval_every and self.step % t.eval_every == 0) or end:
                 log.log_eval(self.step, self.evaluate())
             preempted = preemption.agreed(self.control)
             stop = preempted or bool(t.stop_after_steps and steps_here >= t.stop_after_steps)
             due = self.checkpoints.due(self.step, end or stop)
-            if due and (problem := self.checkpoints.save(self.engine, self.step, self.consumed)):
+            try:
+                problem = (
+                    self.checkpoints.save(self.engine, self.step, self.consumed) if due else None
+                )
+            except SaveFailed as exc:
+                return self._close(log, EXIT_SAVE_FAILED, self._save_failed(str(exc)))
+            if problem:
                 return self._close(log, EXIT_NONFINITE, self._stopping(problem))
             if preempted:
                 who = preemption.signalled or "signal on another rank"
@@ -246,6 +276,13 @@ class Trainer:
             "if this is an fp16 run, or check the data; then resume"
         )
 
+    def _save_failed(self, problem: str) -> str:
+        return (
+            f"error: {problem}; stopping. The last good checkpoint is "
+            f"{self.checkpoints.last_good()}. Make room or fix the file system, then run the same "
+            "command again: it resumes from there"
+        )
+
     def _log_start(self, log: RunLogger) -> None:
         cfg, t = self.cfg, self.cfg.train
         for note in self.plan.notes:
@@ -267,6 +304,9 @@ class Trainer:
     @property
     def _fp16(self) -> bool:
         return self.plan.engine.precision == "fp16"
+
+    def _skipped_steps(self) -> int:
+        return int(getattr(self.engine, "skipped_steps", 0)) if self._fp16 else 0
 
     def _min_loss_scale(self) -> float:
         return float(self.plan.engine.config.get("fp16", {}).get("min_loss_scale", 1))

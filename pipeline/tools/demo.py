@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_prep.atomic import atomic_open, write_json
+from data_prep.atomic import OUTPUT_MARKER, atomic_open, output_owner, write_json
 from data_prep.errors import UserError, cli_main
 from pipeline.tools.demo_report import run_name, write_report
 
@@ -53,6 +53,8 @@ SENTENCES = [  # Austen-like contexts the adapted teacher fills with real words
     "i am quite [MASK] that you are right.",
 ]
 MLM_ONLY = ("--loss.alpha_ce", "0", "--loss.alpha_cos", "0", "--loss.alpha_mlm", "1")
+
+COMMAND = "pipeline.tools.demo"
 
 
 def encoder_dir() -> Path:
@@ -149,7 +151,7 @@ class Demo:
             "--model", encoder_dir(), *self.common("teacher", self.teacher_steps, 16),
         )  # fmt: skip
         self.run(sys.executable, "-m", "pipeline.export", "--run", self.w / "runs" / "teacher",
-                 "--out", self.w / "teacher")  # fmt: skip
+                 "--out", self.w / "teacher", "--overwrite")  # fmt: skip
 
     def student(self, seed: int) -> None:
         name = run_name("student", seed)
@@ -211,7 +213,7 @@ class Demo:
     def export(self) -> None:
         out = self.w / "student_hf"
         self.run(sys.executable, "-m", "pipeline.export", "--run", self.w / "runs" / "student",
-                 "--out", out)  # fmt: skip
+                 "--out", out, "--overwrite")  # fmt: skip
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
@@ -283,13 +285,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--quick", action="store_true", help="a few steps each: checks that every stage runs"
     )
-    p.add_argument("--fresh", action="store_true", help="delete the working folder first")
+    p.add_argument(
+        "--fresh", action="store_true", help="delete the working folder first (a demo's only)"
+    )
     args = p.parse_args(argv)
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     workdir = Path(args.workdir).resolve()
+    earlier_demo = (
+        output_owner(workdir) == COMMAND or (workdir / "data" / "manifest.json").is_file()
+    )
+    if workdir.exists() and any(workdir.iterdir()) and not earlier_demo:
+        raise UserError(
+            f"--workdir {workdir}: the folder holds other files (not a demo's); choose a new or "
+            "empty folder, nothing was changed"
+        )
     if args.fresh and workdir.exists():
         shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / OUTPUT_MARKER, {"command": COMMAND})
     Demo(workdir, args.quick, args.seeds).main()
 
 
