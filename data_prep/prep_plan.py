@@ -98,7 +98,9 @@ def load_or_write_plan(
             return ["input files (their sizes changed)"]
         return []
 
-    if old is not None and job.check_plan(new_settings, differences) and units is None:
+    if old is None:
+        job.refuse_foreign()
+    elif job.check_plan(new_settings, differences) and units is None:
         return [WorkUnit.from_json(u) for u in old["units"]]
     if units is None:
         units = settings.plan()

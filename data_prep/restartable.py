@@ -69,6 +69,7 @@ class RestartableJob:
         fresh folder. ``differences(old)`` names what differs; anything is refused in one line."""
         old = self.read_plan()
         if old is None:
+            self.refuse_foreign()
             return False
         diffs = differences(old)
         if diffs:
@@ -78,6 +79,15 @@ class RestartableJob:
                 "to another output folder"
             )
         return True
+
+    def refuse_foreign(self) -> None:
+        """A folder without a plan must be new or empty: the job never writes among (or later
+        replaces) files it did not make."""
+        if self.folder.exists() and (not self.folder.is_dir() or any(self.folder.iterdir())):
+            raise UserError(
+                f"{self.folder}: holds other files (not a {self.what} of ours: no "
+                f"{self.plan_name}); choose a new or empty output folder, nothing was changed"
+            )
 
     def write_plan(self, plan: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

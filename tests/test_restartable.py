@@ -102,3 +102,14 @@ def test_versioned_files(tmp_path: Path) -> None:
         load_versioned(path, "fmt", 1, "fix it")
     with pytest.raises(UserError, match="missing; fix it"):
         load_versioned(tmp_path / "none.json", "fmt", 1, "fix it")
+
+
+def test_a_folder_of_other_files_is_never_written_into(tmp_path: Path) -> None:
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    job = _job(folder)
+    plan = {"settings": {"seq_len": 64}}
+    with pytest.raises(UserError, match="holds other files"):
+        job.check_plan(plan, _settings_differ(plan))
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from data_prep.errors import UserError, cli_main
+from data_prep.hub import resolve_ref
 from data_prep.progress import Progress
 from pipeline.cache_teacher import format as tc
 from pipeline.cache_teacher.job import (
@@ -124,7 +125,19 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries()
     env = detect()
     device = device_for(env)
-    job = resolve(args, device)
+    # A caller that already runs a process group (a benchmark calling main()) keeps it.
+    own_group = env.world_size > 1 and not dist.is_initialized()
+    if own_group:
+        init_process_group(env, device)  # the default timeout: a rank that never came is an error
+    # gloo (no GPU sync), with a timeout that outlasts the slowest rank's shards
+    group = ControlGroup(timeout_s=BARRIER_TIMEOUT_S)
+    # A hub ID is resolved once, by rank 0: one snapshot for every rank, no burst of hub calls.
+    teacher = group.broadcast(
+        group.together(
+            lambda: resolve_ref(args.teacher, "--teacher") if env.is_main and args.teacher else None
+        )
+    )
+    job = group.together(lambda: resolve(args, device, teacher))
     if args.finalize:
         check_plan(job)
         manifest = finalize(job)
@@ -133,12 +146,6 @@ def main(argv: list[str] | None = None) -> None:
     resumed = check_plan(job)
     mine = range(env.rank, len(job.shards), env.world_size)
     todo = [i for i in mine if not job.restartable.done(job.shards[i].path)]
-    # A caller that already runs a process group (a benchmark calling main()) keeps it.
-    own_group = env.world_size > 1 and not dist.is_initialized()
-    if own_group:
-        init_process_group(env, device)  # the default timeout: a rank that never came is an error
-    # gloo (no GPU sync), with a timeout that outlasts the slowest rank's shards
-    group = ControlGroup(timeout_s=BARRIER_TIMEOUT_S)
     rows = group.together(lambda: planned_rows(job, todo))
     _check_room(job, todo, rows, group, env.is_main)
     write_plan = env.is_main and not resumed

@@ -163,14 +163,15 @@ def _run_settings(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def resolve(args: argparse.Namespace, device: torch.device) -> Job:
-    """Check the inputs and settings; every problem is one UserError, the same on every rank."""
+def resolve(args: argparse.Namespace, device: torch.device, teacher: ModelRef | None = None) -> Job:
+    """Check the inputs and settings; every problem is one UserError, the same on every rank.
+    ``teacher``: ``--teacher`` already resolved (by rank 0, for every rank)."""
     from transformers import AutoConfig
 
     if not args.data or not args.teacher:
         raise UserError("--data and --teacher are required")
     corpus = Corpus(parse_sources(args.data, need_weights=False))
-    teacher = resolve_ref(args.teacher, "--teacher")
+    teacher = teacher or resolve_ref(args.teacher, "--teacher")
     teacher_dir = teacher.path
     manifest = corpus.manifest
     if args.mode == "topk":

@@ -40,6 +40,7 @@ from pipeline.checkpoint.store import (
     tag_for,
 )
 from pipeline.distributed.comm import ControlGroup, one_line, release_peers
+from pipeline.distributed.failpoints import failpoint
 
 
 class SaveFailed(RuntimeError):
@@ -107,6 +108,7 @@ def save(
         files = _write_part(engine, root, tag, step, consumed)
     except Exception as exc:
         cause = one_line(exc)
+    failpoint("save:written")
     reports = control.gather((cause, files))
     failed = [(r, c) for r, (c, _) in enumerate(reports) if c is not None]
     if failed:
@@ -126,6 +128,7 @@ def save(
             "files": {name: f for _, part in reports for name, f in part.items()},
         }
         write_json(path / COMMIT, stamp(record, COMMIT_FORMAT, COMMIT_VERSION))
+        failpoint("save:committed")
         with atomic_open(root / "latest", "w") as fh:
             fh.write(tag)
         prune(run_dir, keep_last)

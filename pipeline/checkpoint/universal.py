@@ -17,6 +17,7 @@ from pathlib import Path
 
 from data_prep.atomic import fsync_dir
 from pipeline.checkpoint.store import CheckpointInfo
+from pipeline.distributed.failpoints import failpoint
 
 
 def _ignore_preemption() -> None:
@@ -50,6 +51,7 @@ def ensure_universal(ckpt: CheckpointInfo) -> Path:
             f"converting {ckpt.path} to a universal checkpoint failed (exit {result.returncode}): "
             f"{tail[0]}"
         )
+    failpoint("universal:converted")
     tmp.rename(out)
     done.write_text(json.dumps({"from": ckpt.tag}))
     fsync_dir(out.parent)

@@ -28,6 +28,7 @@ from pipeline.data.masking import EVAL_MASKING, make_masker
 from pipeline.data.sampling import BatchLayout
 from pipeline.data.shards import ShardedDataset
 from pipeline.distributed.comm import ControlGroup
+from pipeline.distributed.failpoints import failpoint
 from pipeline.distributed.launch import DistEnv
 from pipeline.evaluation.mlm import SUMS, batch_sums, summarize
 from pipeline.model.masked_lm import count_parameters, teacher_dtype
@@ -198,6 +199,7 @@ class Trainer:
             b = to_device(batch, self.device, self.cfg.loss.ce_positions)
             targets = self.targets(b) if self.targets is not None else None
             loss, terms = self.engine(b, targets)
+            failpoint("step")
             self.engine.backward(loss)
             self.engine.step()
             self.window.add(loss, terms, b.tokens)
