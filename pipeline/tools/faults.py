@@ -163,8 +163,23 @@ class Campaign:
         ref = self.work / "reference"
         if not logged_steps(ref) or logged_steps(ref)[-1][0] != STEPS:
             shutil.rmtree(ref, ignore_errors=True)
-            self.check(self.run(torchrun(self.train_args(ref))))
+            self.timed("train", lambda: self.check(self.run(torchrun(self.train_args(ref)))))
         self.reference = logged_steps(ref)
+
+    def timed(self, what: str, fn: Any) -> None:
+        """Run ``fn`` and keep how long it took: faults strike within that span."""
+        start = time.monotonic()
+        fn()
+        path = self.work / "durations.json"
+        durations = json.loads(path.read_text()) if path.is_file() else {}
+        durations[what] = time.monotonic() - start
+        path.write_text(json.dumps(durations))
+
+    def moment(self, what: str, rng: random.Random) -> float:
+        """A random moment within an uninterrupted job's duration (start-up included)."""
+        path = self.work / "durations.json"
+        span = json.loads(path.read_text()).get(what, 15.0) if path.is_file() else 15.0
+        return rng.uniform(0.05, 0.95) * span
 
     def check(self, result: subprocess.CompletedProcess[str]) -> None:
         if result.returncode != 0:
@@ -244,7 +259,7 @@ class Campaign:
     # -- the scenarios --------------------------------------------------------------------------
     def kill(self, seed: int, run: Path) -> Outcome:
         rng = random.Random(seed)
-        at, rank = rng.uniform(2, 22), rng.randrange(2)
+        at, rank = self.moment("train", rng), rng.randrange(2)
 
         def action(pid: int) -> None:
             ranks = children(pid)
@@ -295,7 +310,7 @@ class Campaign:
     def signal(self, seed: int, run: Path) -> Outcome:
         rng = random.Random(seed)
         sig = rng.choice([signal.SIGUSR1, signal.SIGTERM])
-        at = rng.uniform(3, 22)  # the ranks start after about 1 s, train after about 8 s
+        at = self.moment("train", rng)
 
         def action(pid: int) -> None:  # Slurm signals every task of the step: every rank
             for p in children(pid):
@@ -306,7 +321,7 @@ class Campaign:
 
     def disk_full(self, seed: int, run: Path) -> Outcome:
         rng = random.Random(seed)
-        size_kb = rng.randint(900, 2200)
+        size_kb = rng.randint(1500, 12000)  # 0 to 3 checkpoints of 2.7 MB fit (keep_last 3)
         mnt = run.parent / f"{run.name}.fs"
         mnt.mkdir(parents=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
@@ -423,8 +438,8 @@ class Campaign:
         start = time.monotonic()
         ref = self.work / "prep_reference"
         if not (ref / "manifest.json").is_file():
-            self.check(self.run([*self.prep_cmd, "--output", str(ref)]))
-        at = rng.uniform(0.5, 6)
+            self.timed("prep", lambda: self.check(self.run([*self.prep_cmd, "--output", str(ref)])))
+        at = self.moment("prep", rng)
         code, _ = self.strike([*self.prep_cmd, "--output", str(run)], at,
                               lambda pid: os.killpg(pid, signal.SIGKILL))  # fmt: skip
         units = len(list((run / "parts").glob("unit-*.json"))) if (run / "parts").is_dir() else 0
@@ -443,8 +458,8 @@ class Campaign:
                "--batch-size", "8", "--quiet"]  # fmt: skip
         ref = self.work / "cache_reference"
         if not (ref / "manifest.json").is_file():
-            self.check(self.run([*cmd, "--out", str(ref)]))
-        at = rng.uniform(1, 8)
+            self.timed("cache", lambda: self.check(self.run([*cmd, "--out", str(ref)])))
+        at = self.moment("cache", rng)
         code, _ = self.strike([*cmd, "--out", str(run)], at,
                               lambda pid: os.killpg(pid, signal.SIGKILL))  # fmt: skip
         done = len(list(run.rglob("*.done.json"))) if run.is_dir() else 0
