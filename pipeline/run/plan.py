@@ -86,10 +86,47 @@ def resolve_models(cfg: Config) -> ModelRefs:
     )
 
 
+@dataclass
+class _Models:
+    """The student, the teacher beside it (None without a forward) and how they pair up."""
+
+    student: MaskedLM
+    teacher: MaskedLM | None
+    layer_map: list[int]
+    alignment: Alignment | None
+
+
+def _models(
+    cfg: Config, models: ModelRefs, corpus: Corpus, cached: bool, notes: list[str]
+) -> _Models:
+    """The models of the run, each checked against the data."""
+    manifest = corpus.manifest
+    if models.teacher is None:
+        assert models.model is not None  # validate(): one of teacher and model
+        where = models.model.path
+        student = load_mlm_model(str(where), cfg.model.attn_implementation, cfg.model.dropout)
+        check_model_fits(student.config, manifest, str(where))
+        return _Models(student, None, [], None)
+    where = models.teacher.path
+    check_model_tokenizer(where, manifest.tokenizer, corpus.sources[0].path)
+    teacher = load_teacher(
+        str(where), cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
+    )
+    check_model_fits(teacher.config, manifest, str(where))
+    student, layer_map = student_from_config(teacher, cfg.model)
+    alignment = resolve_alignment(
+        cfg.loss, Shape.of(teacher.config), Shape.of(student.config), layer_map, cfg.model.init
+    )
+    if not teacher_forward_needed(cfg, cached):
+        notes.append(_no_forward_note(cfg))
+        return _Models(student, None, layer_map, alignment)
+    return _Models(student, teacher, layer_map, alignment)
+
+
 def prepare(
     cfg: Config, paths: RunPaths, models: ModelRefs, env: DistEnv, device: torch.device
 ) -> Plan:
-    """Every file of the run read and checked."""
+    """Every file of the run read and checked (this rank's share of the shard checksums)."""
     corpus = Corpus(paths.sources)
     manifest = corpus.manifest
     if cfg.data.verify_checksums:
@@ -100,32 +137,7 @@ def prepare(
     engine = engine_settings(cfg, env.world_size, device.type)
     cached = bool(paths.teacher_cache) and cfg.distilling and cfg.loss.alpha_ce > 0
     notes: list[str] = []
-    teacher: MaskedLM | None = None
-    if models.teacher is not None:
-        where = models.teacher.path
-        check_model_tokenizer(where, manifest.tokenizer, paths.sources[0].path)
-        teacher_full = load_teacher(
-            str(where), cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
-        )
-        check_model_fits(teacher_full.config, manifest, str(where))
-        student, layer_map = student_from_config(teacher_full, cfg.model)
-        alignment = resolve_alignment(
-            cfg.loss,
-            Shape.of(teacher_full.config),
-            Shape.of(student.config),
-            layer_map,
-            cfg.model.init,
-        )
-        if teacher_forward_needed(cfg, cached):
-            teacher = teacher_full
-        else:
-            notes.append(_no_forward_note(cfg))
-    else:
-        assert models.model is not None  # validate(): one of teacher and model
-        where = models.model.path
-        student = load_mlm_model(str(where), cfg.model.attn_implementation, cfg.model.dropout)
-        check_model_fits(student.config, manifest, str(where))
-        layer_map, alignment = [], None
+    m = _models(cfg, models, corpus, cached, notes)
     cache = None
     if cached:
         assert models.teacher is not None and paths.teacher_cache is not None
@@ -139,9 +151,9 @@ def prepare(
     steps_per_epoch = manifest.train.num_sequences / cfg.train.global_batch_size
     max_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     identity = {
-        "student": model_shape(student.config),
-        "layer_map": layer_map,
-        "objective_params": projection_shapes(cfg.loss, alignment),
+        "student": model_shape(m.student.config),
+        "layer_map": m.layer_map,
+        "objective_params": projection_shapes(cfg.loss, m.alignment),
         "tokenizer": manifest.tokenizer.fingerprint,
         "data_manifest": corpus.fingerprint,
     }
@@ -149,18 +161,5 @@ def prepare(
     if source is not None and source.revision is not None:
         # a hub snapshot: a requeue that finds another revision of the name must not mix them
         identity["hub_revision"] = source.revision
-    return Plan(
-        paths,
-        models,
-        corpus,
-        manifest,
-        engine,
-        student,
-        teacher,
-        layer_map,
-        alignment,
-        max_steps,
-        identity,
-        cache,
-        notes,
-    )
+    return Plan(paths, models, corpus, manifest, engine, m.student, m.teacher, m.layer_map,
+                m.alignment, max_steps, identity, cache, notes)  # fmt: skip

@@ -360,12 +360,13 @@ class Campaign:
         victim.write_bytes(bytes(raw))
         stopped = self.run(torchrun(self.train_args(run, None, data)))
         line = _last_error(stopped.stderr)
-        detected = stopped.returncode != 0 and "sha256" in line and victim.name in line
+        # one line naming the file: its sha256, or a header the reader refuses before that
+        detected = stopped.returncode != 0 and victim.name in line
         raw[pos] = original
         victim.write_bytes(bytes(raw))
         outcome, _, lost, same = self.finish(run, committed(run), {"--data": data})
         return Outcome("byte flipped in a shard", seed,
-                       f"{victim.relative_to(data)} byte {pos}: " + ("stopped: sha256 named it"
+                       f"{victim.relative_to(data)} byte {pos}: " + (f"stopped: {line.split(': ', 2)[-1][:60]}"
                        if detected else f"NOT detected: {line[:80]}"), outcome, 0, lost,
                        detected and same and lost == 0, round(time.monotonic() - start, 1))  # fmt: skip
 
