@@ -274,7 +274,8 @@ class Campaign:
         if point == "universal:converted":
             return self.kill_converting(seed, run)
         rank = rng.randrange(2) if point != "save:committed" else 0
-        nth = rng.randint(1, 3 if point.startswith("save") else 30)
+        # a save every 3 steps (4 of them); one micro-batch per step and rank (12 of them)
+        nth = rng.randint(1, 3 if point.startswith("save") else STEPS)
         start = time.monotonic()
         spec = f"{point}@{rank}#{nth}"
         _, _ = self.strike(torchrun(self.train_args(run)), 600, lambda pid: None,
