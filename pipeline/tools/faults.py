@@ -175,6 +175,16 @@ class Campaign:
         durations[what] = time.monotonic() - start
         path.write_text(json.dumps(durations))
 
+    def when(self, run: Path, rng: random.Random) -> tuple[float | tuple[Path, int, float], str]:
+        """A random moment of a training job: in a quarter of the draws during start-up, else
+        within the steps (up to 0.4 s after a random step was logged: a step and a save here
+        take about 0.15 s)."""
+        if rng.random() < 0.25:
+            at = rng.uniform(0.5, 5.0)
+            return at, f"at {at:.1f} s"
+        k, delay = rng.randint(1, STEPS - 1), rng.uniform(0, 0.4)
+        return (run, k, delay), f"{delay:.2f} s after step {k}"
+
     def moment(self, what: str, rng: random.Random) -> float:
         """A random moment within an uninterrupted job's duration (start-up included)."""
         path = self.work / "durations.json"
@@ -198,19 +208,29 @@ class Campaign:
         return [str(x) for kv in opts.items() for x in kv]
 
     # -- strike and recover ---------------------------------------------------------------------
-    def strike(self, cmd: list[str], at: float, action: Any, extra: dict[str, str] | None = None,
-               timeout: float = 300) -> tuple[int, str]:  # fmt: skip
-        """Start ``cmd``; ``at`` seconds later (if it still runs) call ``action(pid)``. Its exit
-        code and stdout+stderr."""
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env(extra), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-        try:
-            out, _ = proc.communicate(timeout=at)
-            return proc.returncode, out
-        except subprocess.TimeoutExpired:
-            action(proc.pid)
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
+    def strike(self, cmd: list[str], at: float | tuple[Path, int, float], action: Any,
+               extra: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, str]:  # fmt: skip
+        """Start ``cmd`` and call ``action(pid)`` while it runs: ``at`` seconds after the start,
+        or ``(run, k, delay)``: ``delay`` seconds after ``run`` logged step ``k``. Its exit code
+        and output."""
+        log = self.work / "strike.log"
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env(extra), stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            start = time.monotonic()
+            while proc.poll() is None:
+                if isinstance(at, tuple):
+                    run, k, delay = at
+                    if any(step >= k for step, _ in logged_steps(run)):
+                        time.sleep(delay)
+                        break
+                elif time.monotonic() - start >= at:
+                    break
+                time.sleep(0.02)
+            if proc.poll() is None:
+                action(proc.pid)
+            proc.wait(timeout=timeout)
+        return proc.returncode, log.read_text()
 
     def finish(self, run: Path, before: list[int], extra: Any = None) -> tuple[str, int, int, bool]:
         """Requeue until done (at most 4 times); (outcome, steps redone, committed steps lost,
@@ -241,7 +261,7 @@ class Campaign:
         phase = "start-up" if not steps else "mid-save" if partial else "between steps"
         return f"step {last}, {phase} (committed: {before[-1] if before else 'none'})"
 
-    def training(self, name: str, seed: int, run: Path, at: float, action: Any,
+    def training(self, name: str, seed: int, run: Path, at: Any, action: Any,
                  extra_env: dict[str, str] | None = None) -> Outcome:  # fmt: skip
         start = time.monotonic()
         code, _ = self.strike(torchrun(self.train_args(run)), at, action, extra_env)
@@ -259,14 +279,14 @@ class Campaign:
     # -- the scenarios --------------------------------------------------------------------------
     def kill(self, seed: int, run: Path) -> Outcome:
         rng = random.Random(seed)
-        at, rank = self.moment("train", rng), rng.randrange(2)
+        (at, said), rank = self.when(run, rng), rng.randrange(2)
 
         def action(pid: int) -> None:
             ranks = children(pid)
             if ranks:
                 os.kill(sorted(ranks)[min(rank, len(ranks) - 1)], signal.SIGKILL)
 
-        return self.training(f"kill -9 rank {rank} at {at:.1f} s", seed, run, at, action)
+        return self.training(f"kill -9 rank {rank} {said}", seed, run, at, action)
 
     def kill_at(self, seed: int, run: Path) -> Outcome:
         rng = random.Random(seed)
@@ -311,14 +331,14 @@ class Campaign:
     def signal(self, seed: int, run: Path) -> Outcome:
         rng = random.Random(seed)
         sig = rng.choice([signal.SIGUSR1, signal.SIGTERM])
-        at = self.moment("train", rng)
+        at, said = self.when(run, rng)
 
         def action(pid: int) -> None:  # Slurm signals every task of the step: every rank
             for p in children(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p, sig)
 
-        return self.training(f"{sig.name} to every process at {at:.1f} s", seed, run, at, action)
+        return self.training(f"{sig.name} to every rank {said}", seed, run, at, action)
 
     def disk_full(self, seed: int, run: Path) -> Outcome:
         rng = random.Random(seed)
