@@ -29,6 +29,7 @@ from pipeline_helpers import (
 )
 
 from data_prep.indexed import IndexedReader, bin_path
+from pipeline.checkpoint.save import full_disk_note
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -146,6 +147,25 @@ needs_root_mounts = pytest.mark.skipif(
 )
 
 
+def test_a_failed_write_on_a_roomy_disk_is_not_called_a_full_disk(tmp_path: Path) -> None:
+    assert full_disk_note(tmp_path, "unexpected pos 14080 vs 13974") == ""
+
+
+@needs_root_mounts
+def test_a_short_write_on_a_full_disk_is_named_as_one(tmp_path: Path) -> None:
+    """torch's zip writer says ``unexpected pos`` on a full disk, without the errno."""
+    small = tmp_path / "small"
+    _mount_tmpfs(small, "1m")
+    try:
+        with pytest.raises(OSError), open(small / "filler", "wb") as fh:
+            fh.write(b"x" * (2 << 20))
+        note = full_disk_note(small, "RuntimeError: unexpected pos 14080 vs 13974")
+        assert "No space left on device" in note and str(small) in note
+        assert full_disk_note(small, "OSError: [Errno 28] No space left on device") == ""
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 @needs_root_mounts
 def test_a_full_disk_during_a_save_stops_every_rank_at_once_and_loses_nothing(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
@@ -162,7 +182,8 @@ def test_a_full_disk_during_a_save_stops_every_rank_at_once_and_loses_nothing(
         result = launch(args, nproc=2, timeout=240)
         elapsed = time.monotonic() - start
         assert result.returncode != 0 and "exitcode  : 4" in result.stderr, result.stderr[-3000:]
-        assert "was not saved (rank" in result.stdout and "No space left" in result.stdout
+        assert "was not saved (rank" in result.stdout, result.stdout[-3000:]
+        assert "No space left" in result.stdout, result.stdout[-3000:]
         assert "The last good checkpoint is" in result.stdout and "global_step4" in result.stdout
         assert elapsed < 120  # the old code waited in a barrier for the 30-minute timeout
         assert [p.name for p in (run / "checkpoints").glob("global_step*")] == ["global_step4"]

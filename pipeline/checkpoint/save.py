@@ -61,6 +61,27 @@ def _own_files(path: Path, rank: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+FULL_BELOW_BYTES = 64 << 20
+
+
+def full_disk_note(root: Path, cause: str) -> str:
+    """What the cause may not say: torch's zip writer reports a short write on a full file system
+    as ``unexpected pos 14080 vs 13974``, without the errno. Measured at the failure, before any
+    partial file is removed: a file system with less than 1 % of its size free (at least 1 MiB,
+    at most 64 MiB) is called full."""
+    if "No space left" in cause:
+        return ""
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        return ""
+    if usage.free >= min(FULL_BELOW_BYTES, max(usage.total // 100, 1 << 20)):
+        return ""
+    return (
+        f" (No space left on device: the file system holding {root} has {usage.free:,} bytes free)"
+    )
+
+
 def _write_part(engine: Any, root: Path, tag: str, step: int, consumed: int) -> dict[str, Any]:
     """This rank's files of the checkpoint, written and fsynced; what it wrote."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -107,7 +128,7 @@ def save(
     try:
         files = _write_part(engine, root, tag, step, consumed)
     except Exception as exc:
-        cause = one_line(exc)
+        cause = one_line(exc) + full_disk_note(root, str(exc))
     failpoint("save:written")
     reports = control.gather((cause, files))
     failed = [(r, c) for r, (c, _) in enumerate(reports) if c is not None]
