@@ -46,6 +46,7 @@ def _main(argv: list[str] | None, preemption: Preemption) -> int:
         from pipeline.config.cli import parse_config
         from pipeline.distributed.comm import ControlGroup, device_for, init_process_group
         from pipeline.distributed.launch import detect
+        from pipeline.run.calibration import calibrate
         from pipeline.run.plan import prepare, resolve_models
         from pipeline.run.trainer import Trainer, make_deterministic
 
@@ -63,7 +64,16 @@ def _main(argv: list[str] | None, preemption: Preemption) -> int:
         resolved = control.together(lambda: resolve_models(cfg) if env.rank == 0 else None)
         models = control.broadcast(resolved)
         assert models is not None
-        plan = control.together(lambda: prepare(cfg, paths, models, env, device))
+        # init prune: rank 0 measures (or reuses) the teacher's importance; every rank builds
+        # its student from those same scores.
+        measured = control.together(
+            lambda: calibrate(cfg, paths, models, device) if env.rank == 0 else None
+        )
+        calibration = control.broadcast(measured)
+        importance = calibration[0] if calibration else None
+        plan = control.together(lambda: prepare(cfg, paths, models, env, device, importance))
+        if calibration:
+            plan.notes.insert(0, calibration[1])
         code = Trainer(cfg, env, device, plan, control=control).run(preemption)
     except UserError as exc:
         error_line(f"pipeline.train: error: {exc}")

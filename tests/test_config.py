@@ -49,7 +49,7 @@ def test_values_are_parsed_by_their_field_type() -> None:
     [
         (["--loss.alpha_ce", "lots"], ["loss.alpha_ce", "'lots'", "float"]),
         (["--loss.ce_positions", "some"], ["loss.ce_positions", "masked, all", "'some'"]),
-        (["--model.init", "zeros"], ["model.init", "teacher, select, random"]),
+        (["--model.init", "zeros"], ["model.init", "teacher, select, prune, random"]),
         (["--train.sample_log", "maybe"], ["train.sample_log", "bool"]),
         (["--model.teacher_dtype", "fp8"], ["model.teacher_dtype", "auto, fp16, bf16, fp32"]),
         (["--lr", "[1]"], ["optim.lr"]),

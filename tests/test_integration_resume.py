@@ -19,6 +19,7 @@ from pipeline_helpers import (
     REPO,
     base_args,
     check_ok,
+    eval_records,
     launch,
     losses,
     sample_log,
@@ -73,23 +74,18 @@ def test_resume_is_bitwise_identical(
 def test_resume_twice(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
 ) -> None:
+    """Also: a validation before the first step (train.eval_on_start) changes no step, and a
+    resumed run does not repeat it."""
     run = tmp_path / "twice"
-    args = base_args(
-        tiny_teacher,
-        small_data_dir,
-        run,
-        **{"--max-steps": 8, "--save-every": 4, "--train.stop_after_steps": 3},
-    )
+    extra = {"--max-steps": 8, "--save-every": 4, "--train.eval_on_start": "true"}
+    args = base_args(tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 3})
     check_ok(launch(args, nproc=2))
     check_ok(launch(args, nproc=2))  # steps 4..6
-    check_ok(
-        launch(
-            base_args(tiny_teacher, small_data_dir, run, **{"--max-steps": 8, "--save-every": 4}),
-            nproc=2,
-        )
-    )
+    check_ok(launch(base_args(tiny_teacher, small_data_dir, run, **extra), nproc=2))
     assert losses(run) == losses(reference_run)
     assert _same_weights(_weights(run, 8), _weights(reference_run, 8))
+    assert [r["step"] for r in eval_records(run)] == [0, 8]
+    assert set(eval_records(run)[0]["eval"]) == set(eval_records(reference_run)[-1]["eval"])
 
 
 def _start_two_ranks(args: list[str], port: int) -> list[subprocess.Popen[str]]:

@@ -29,7 +29,15 @@ from pipeline.checkpoint.store import (
 )
 
 SET_ASIDE = "set-aside-"
-RUN_FILES = ("config.yaml", "checkpoints", "model", "metrics.jsonl", "tensorboard", "samples")
+RUN_FILES = (
+    "config.yaml",
+    "checkpoints",
+    "model",
+    "metrics.jsonl",
+    "tensorboard",
+    "samples",
+    "pruning",
+)
 """What pipeline.train writes into RUN_DIR: a folder holding none of it is not a run folder."""
 
 

@@ -61,11 +61,16 @@ class ModelConfig:
     layer_map_rule: Literal["distilbert", "tinybert"] = "distilbert"
     """Default layer map: ``distilbert`` (evenly spread, first and last included: 12 -> 6 gives
     0,2,4,7,9,11) or ``tinybert`` (the top layer of each of M equal blocks: 12 -> 4 gives 2,5,8,11)."""
-    init: Literal["teacher", "select", "random"] = "teacher"
+    init: Literal["teacher", "select", "prune", "random"] = "teacher"
     """Student initialisation: ``teacher`` (copy of the mapped teacher layers, embeddings and MLM
     head; the teacher's width only), ``select`` (weight selection, Xu et al. 2023: a consistent
     subset of the teacher's neurons in every layer, for any narrower student; equal to
-    ``teacher`` at the teacher's width) or ``random``."""
+    ``teacher`` at the teacher's width), ``prune`` (after Minitron: the teacher's most important
+    heads, FFN neurons, residual channels and, without a layer_map, layers, measured on
+    prune_samples training sequences) or ``random``."""
+    prune_samples: int = 256
+    """Calibration sequences for ``init prune``: evenly spread over the training split, read once
+    and the scores kept in RUN_DIR/pruning/ (a requeue reuses them)."""
     teacher_dtype: TeacherDtype = "auto"
     """Teacher weights: auto (fp16 on GPU, fp32 on CPU), fp16, bf16 or fp32."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
@@ -197,6 +202,9 @@ class TrainConfig:
     """Validation every N steps (and at the end); 0 = only at the end."""
     eval_samples: int = 2048
     """Validation sequences per pass (the first ones of the valid split, split across ranks)."""
+    eval_on_start: bool = False
+    """Validate once before the first step of a fresh run (logged as step 0: what the
+    initialisation alone gives; a resumed run does not repeat it)."""
     resume: str = "auto"
     """``auto`` (newest complete checkpoint in RUN_DIR), ``none``, or a checkpoint path."""
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
@@ -290,6 +298,8 @@ def validate(cfg: Config) -> RunPaths:
     shape = [m.student_layers, m.student_hidden, m.student_heads, m.student_intermediate]
     if min(shape) < 0 or cfg.loss.relation_heads < 0:
         raise UserError("model.student_* sizes and loss.relation_heads must be >= 0 (0 = default)")
+    if m.init == "prune" and m.prune_samples < 1:
+        raise UserError("model.prune_samples must be >= 1 (calibration sequences of init prune)")
     if not cfg.distilling and cfg.loss.alpha_mlm <= 0:
         raise UserError("MLM-only training (no --teacher) needs loss.alpha_mlm > 0")
     if cfg.distilling and sum(weights) <= 0:

@@ -34,8 +34,9 @@ import torch
 
 from data_prep.errors import UserError
 from pipeline.config.schema import LossConfig
-from pipeline.model.masked_lm import MaskedLM
-from pipeline.model.student import Shape, selection
+from pipeline.model.importance import Importance
+from pipeline.model.masked_lm import MaskedLM, Shape
+from pipeline.model.selection import student_selection
 
 QKV = "qkv"
 
@@ -73,7 +74,12 @@ def default_relation_heads(teacher: Shape, student: Shape) -> int:
 
 
 def resolve_alignment(
-    loss: LossConfig, teacher: Shape, student: Shape, layer_map: list[int], init: str
+    loss: LossConfig,
+    teacher: Shape,
+    student: Shape,
+    layer_map: list[int],
+    init: str,
+    importance: Importance | None = None,
 ) -> Alignment:
     """The alignment of a distillation run; a loss these shapes cannot support is refused."""
     same_width = teacher.hidden == student.hidden
@@ -103,8 +109,8 @@ def resolve_alignment(
     residual: list[int] | None = None
     if init == "teacher":
         residual = list(range(teacher.hidden))
-    elif init == "select":
-        residual = selection(teacher, student).residual
+    elif sel := student_selection(teacher, student, init, layer_map, importance):
+        residual = sel.residual
     return Alignment(list(layer_map), teacher, student, relation_layers, heads, residual)
 
 

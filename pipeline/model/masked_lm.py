@@ -5,12 +5,14 @@
 * :class:`MaskedLM` gives every family the same two calls: ``encode`` (hidden states) and
   ``head`` (MLM logits of selected rows only), so no (batch x seq x vocab) tensor is ever built.
 * :func:`check_model_fits`: a model's vocabulary and positions against the data's.
+* :class:`Shape`: the sizes a student may change (layers, width, heads, FFN).
 The student derived from a teacher is :mod:`pipeline.model.student`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,24 @@ def model_dims(config: Any) -> tuple[int, int, int, int]:
     return dims[0], dims[1], dims[2], dims[3]
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a BERT-family encoder that a student may change."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+
+    @staticmethod
+    def of(config: Any) -> Shape:
+        return Shape(*model_dims(config))
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden // self.heads
+
+
 class MaskedLM(nn.Module):
     """A Hugging Face masked LM seen through two calls: ``encode`` and ``head``."""
 
@@ -130,6 +150,26 @@ class MaskedLM(nn.Module):
             return att.q_lin, att.k_lin, att.v_lin
         att = getattr(m, self.encoder_attr).encoder.layer[layer].attention.self
         return att.query, att.key, att.value
+
+    def projections_out(self, layer: int) -> tuple[nn.Module, nn.Module]:
+        """The attention output projection (its input: the heads' outputs side by side) and the
+        FFN's second matrix (its input: the FFN activations) of ``layer``."""
+        m: Any = self.model
+        if self.family == "distilbert":
+            block = m.distilbert.transformer.layer[layer]
+            return block.attention.out_lin, block.ffn.lin2
+        block = getattr(m, self.encoder_attr).encoder.layer[layer]
+        return block.attention.output.dense, block.output.dense
+
+    def residual_norms(self) -> list[nn.LayerNorm]:
+        """Every LayerNorm of the encoder over the residual width (embeddings' and each layer's)."""
+        width = model_dims(self.model.config)[1]
+        encoder = getattr(self.model, self.encoder_attr)
+        return [
+            m
+            for m in encoder.modules()
+            if isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (width,)
+        ]
 
     def compile_encoder(self) -> None:
         """torch.compile the encoder: the bulk of the FLOPs, on batches of (almost always) one shape.

@@ -22,7 +22,8 @@ Initialisation (``model.init``):
   the teacher's.
 * ``select``: weight selection (Xu et al. 2023, "Initializing Models with Larger Ones"), for
   students as wide as the teacher or narrower: every student weight is a sub-tensor of the
-  mapped teacher weight, taking a *consistent* subset of neurons (:func:`selection`):
+  mapped teacher weight, taking a *consistent* subset of neurons
+  (:func:`pipeline.model.selection.selection`):
   - the residual stream keeps the teacher dimensions R (evenly spread: floor(i d_T / d_S)), the
     same R everywhere the residual goes: word and position embeddings, every LayerNorm, the
     inputs of Q/K/V and of the FFN, the outputs of the attention projection and of the FFN, and
@@ -38,6 +39,11 @@ Initialisation (``model.init``):
   than a random init. Needs heads <= the teacher's and a head size <= the teacher's.
   Xu et al. also choose the first N layers rather than spread ones; pass ``model.layer_map``
   (e.g. ``[0, 1, 2, 3]``) for that.
+* ``prune``: after Minitron (Muralidharan et al. 2024): the same cut as ``select``, but the kept
+  heads and FFN neurons of each layer, the residual channels and (without ``model.layer_map``)
+  the layers are the teacher's most important ones, scored on calibration data
+  (:mod:`pipeline.model.importance`, chosen by :func:`pipeline.model.selection.pruned_selection`).
+  At the teacher's full shape it is the teacher, bit for bit.
 * ``random``: the architecture's own initialisation, seeded (reproducible whatever ran before).
 """
 
@@ -45,7 +51,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +58,9 @@ import torch
 
 from data_prep.errors import UserError
 from pipeline.config.schema import ModelConfig
-from pipeline.model.masked_lm import MaskedLM, model_dims, model_family, set_dropout
+from pipeline.model.importance import Importance
+from pipeline.model.masked_lm import MaskedLM, Shape, model_dims, model_family, set_dropout
+from pipeline.model.selection import pruned_layer_map, select_weights, student_selection
 
 _LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
 
@@ -73,24 +80,6 @@ def default_layer_map(
     if student_layers == 1:
         return [teacher_layers - 1]
     return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
-
-
-@dataclass(frozen=True)
-class Shape:
-    """The sizes of a BERT-family encoder that a student may change."""
-
-    layers: int
-    hidden: int
-    heads: int
-    intermediate: int
-
-    @staticmethod
-    def of(config: Any) -> Shape:
-        return Shape(*model_dims(config))
-
-    @property
-    def head_size(self) -> int:
-        return self.hidden // self.heads
 
 
 def student_shape_from_file(path: str) -> dict[str, int]:
@@ -231,80 +220,6 @@ def _renumber_layers(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[s
     return out
 
 
-# -- weight selection (Xu et al. 2023) -----------------------------------------------------------
-def spread(n: int, k: int) -> list[int]:
-    """k of the indices 0..n-1, evenly spread, 0 first: floor(i n / k) (all of them when k = n)."""
-    return [i * n // k for i in range(k)]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The teacher neurons a narrower student keeps (the same in every layer)."""
-
-    residual: list[int]  # teacher dimension of each student residual dimension
-    attention: list[int]  # teacher Q/K/V output index of each student Q/K/V output index
-    ffn: list[int]  # teacher intermediate neuron of each student one
-
-
-def selection(teacher: Shape, student: Shape) -> Selection:
-    """The consistent subset of teacher neurons of weight selection; refuses a wider student."""
-    if (
-        student.hidden > teacher.hidden
-        or student.heads > teacher.heads
-        or student.head_size > teacher.head_size
-        or student.intermediate > teacher.intermediate
-    ):
-        raise UserError(
-            f"model.init select takes a subset of the teacher's neurons, so the student can be no "
-            f"larger anywhere: teacher {teacher.hidden} wide, {teacher.heads} heads of "
-            f"{teacher.head_size}, FFN {teacher.intermediate}; student {student.hidden} wide, "
-            f"{student.heads} heads of {student.head_size}, FFN {student.intermediate}. Change "
-            "model.student_heads (or _hidden/_intermediate), or use model.init random"
-        )
-    heads = spread(teacher.heads, student.heads)
-    dims = spread(teacher.head_size, student.head_size)
-    return Selection(
-        residual=spread(teacher.hidden, student.hidden),
-        attention=[h * teacher.head_size + d for h in heads for d in dims],
-        ffn=spread(teacher.intermediate, student.intermediate),
-    )
-
-
-# (pattern of a student key, index set of dim 0, index set of dim 1); "" = keep the whole dim.
-_SELECT_RULES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(p), d0, d1)
-    for p, d0, d1 in [
-        (r"(word|position|token_type)_embeddings\.weight$", "", "R"),
-        (r"(LayerNorm|layer_norm)\.(weight|bias)$", "R", ""),
-        (r"(q_lin|k_lin|v_lin|self\.query|self\.key|self\.value)\.weight$", "A", "R"),
-        (r"(q_lin|k_lin|v_lin|self\.query|self\.key|self\.value)\.bias$", "A", ""),
-        (r"(out_lin|attention\.output\.dense)\.weight$", "R", "A"),
-        (r"(ffn\.lin1|intermediate\.dense)\.weight$", "F", "R"),
-        (r"(ffn\.lin1|intermediate\.dense)\.bias$", "F", ""),
-        (r"(ffn\.lin2|\.output\.dense)\.weight$", "R", "F"),
-        (r"(vocab_transform|lm_head\.dense)\.weight$", "R", "R"),
-        (r"(out_lin|\.dense|ffn\.lin2|vocab_transform)\.bias$", "R", ""),
-        (r"(vocab_projector|lm_head|lm_head\.decoder)\.bias$", "", ""),
-        (r"(vocab_projector|decoder)\.weight$", "", "R"),
-    ]
-]
-
-
-def select_weights(state: dict[str, torch.Tensor], sel: Selection) -> dict[str, torch.Tensor]:
-    """Each tensor of a full-width student state dict cut down to the selected neurons."""
-    index = {"R": sel.residual, "A": sel.attention, "F": sel.ffn}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        rule = next((r for r in _SELECT_RULES if r[0].search(key)), None)
-        if rule is None:
-            raise RuntimeError(f"weight selection: no rule for the teacher tensor {key}")
-        for dim, which in enumerate(rule[1:3]):
-            if which and dim < value.ndim:
-                value = value.index_select(dim, torch.tensor(index[which]))
-        out[key] = value.contiguous()
-    return out
-
-
 def build_student(
     teacher: MaskedLM,
     layers: int,
@@ -316,16 +231,25 @@ def build_student(
     heads: int = 0,
     intermediate: int = 0,
     layer_map_rule: str = "distilbert",
+    importance: Importance | None = None,
 ) -> tuple[MaskedLM, list[int]]:
-    """The student and its layer map; its weights per ``init`` (teacher, select or random)."""
+    """The student and its layer map; its weights per ``init`` (teacher, select, prune or
+    random). ``prune`` needs the teacher's ``importance``; without a ``layer_map`` it keeps the
+    layers of the highest block importance."""
     from transformers import AutoModelForMaskedLM
 
     t_shape = Shape.of(teacher.config)
     shape = resolve_shape(t_shape, layers, hidden, heads, intermediate)
     t_layers = teacher.num_layers
-    layer_map = (
-        list(layer_map) if layer_map else default_layer_map(t_layers, shape.layers, layer_map_rule)
-    )
+    if layer_map:
+        layer_map = list(layer_map)
+    elif init == "prune":
+        if importance is None:
+            raise ValueError("build_student: init prune needs the teacher's importance scores")
+        default_layer_map(t_layers, shape.layers)  # the one refusal of a deeper student
+        layer_map = pruned_layer_map(importance, shape.layers)
+    else:
+        layer_map = default_layer_map(t_layers, shape.layers, layer_map_rule)
     if len(layer_map) != shape.layers or not all(0 <= i < t_layers for i in layer_map):
         raise UserError(
             f"model.layer_map {layer_map} must list {shape.layers} teacher layers in 0..{t_layers - 1}"
@@ -342,12 +266,12 @@ def build_student(
             f"student has {shape.hidden}/{shape.heads}/{shape.intermediate}): use model.init select "
             "(weight selection) or random"
         )
-    sel = selection(t_shape, shape) if init == "select" else None
+    sel = student_selection(t_shape, shape, init, layer_map, importance)
     cfg = _student_config(teacher.model, shape, dropout)
     cfg._attn_implementation = attn
     torch.manual_seed(0)  # random init is reproducible whatever ran before
     student = AutoModelForMaskedLM.from_config(cfg, attn_implementation=attn)
-    if init in ("teacher", "select"):
+    if init in ("teacher", "select", "prune"):
         t_state = {k: v.detach().float() for k, v in teacher.model.state_dict().items()}
         if teacher.family == "bert":
             state = _bert_to_distilbert(t_state, layer_map)
@@ -371,7 +295,9 @@ def build_student(
     return MaskedLM(student), layer_map
 
 
-def student_from_config(teacher: MaskedLM, m: ModelConfig) -> tuple[MaskedLM, list[int]]:
+def student_from_config(
+    teacher: MaskedLM, m: ModelConfig, importance: Importance | None = None
+) -> tuple[MaskedLM, list[int]]:
     """:func:`build_student` with the shape of ``model.student_*`` and ``model.student_config``."""
     flags = {
         "layers": m.student_layers,
@@ -391,4 +317,5 @@ def student_from_config(teacher: MaskedLM, m: ModelConfig) -> tuple[MaskedLM, li
         heads=shape.get("heads", 0),
         intermediate=shape.get("intermediate", 0),
         layer_map_rule=m.layer_map_rule,
+        importance=importance,
     )

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from pipeline.model.masked_lm import count_parameters, num_layers
+from pipeline.model.selection import PRUNING_DIR, REPORT_FILE
 
 
 def last_validation(run_dir: Path, step: int) -> dict[str, Any] | None:
@@ -81,6 +82,44 @@ def _evaluation(record: dict[str, Any] | None, run_dir: Path, data: str) -> list
     return lines
 
 
+_INITS = {
+    "teacher": "the mapped teacher layers, embeddings and MLM head, copied (DistilBERT)",
+    "select": "weight selection: evenly spread teacher neurons (Xu et al. 2023)",
+    "prune": "pruned: the teacher's most important heads, neurons, channels and layers "
+    "(after Minitron, Muralidharan et al. 2024)",
+    "random": "random (the architecture's own initialisation)",
+}
+
+
+def _pruning(run_dir: Path) -> list[str]:
+    """The section saying what a pruned student kept (nothing for other inits)."""
+    path = run_dir / PRUNING_DIR / REPORT_FILE
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    t = r["teacher"]
+    lines = [
+        "## Pruning",
+        "",
+        f"Importance measured on {r['calibration']['sequences']} training sequences "
+        f"({r['calibration']['tokens']:,} tokens). Kept {len(r['layers_kept'])} of the teacher's "
+        f"{t['layers']} layers ({r['layers_kept']}, {r['layers_share']:.0%} of the block "
+        f"importance) and {r['channels_kept']} of its {t['hidden']} residual channels "
+        f"({r['channels_share']:.0%} of their importance).",
+        "",
+        "| student layer | teacher layer | heads kept | share of head importance | FFN neurons "
+        "| share of neuron importance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["per_layer"]:
+        lines.append(
+            f"| {row['student_layer']} | {row['teacher_layer']} | {row['heads']} | "
+            f"{row['heads_share']:.0%} | {row['ffn_neurons']} of {t['intermediate']} | "
+            f"{row['ffn_share']:.0%} |"
+        )
+    return [*lines, ""]
+
+
 def model_card(run_dir: Path, model: Any, step: int, commit: dict[str, Any], location: str) -> str:
     """README.md of the export of ``run_dir`` at ``step`` (``commit``: its COMMIT.json) that will
     live at ``location``."""
@@ -100,6 +139,8 @@ def model_card(run_dir: Path, model: Any, step: int, commit: dict[str, Any], loc
         rows["layer map"] = (
             f"student layers initialised from teacher layers {resolved['layer_map']}"
         )
+    if teacher:
+        rows["initialisation"] = _INITS.get(cfg["model"].get("init", "teacher"), "")
     if not teacher:
         rows["initial model"] = f"`{cfg['model']['model']}`"
     rows["data"] = (
@@ -142,6 +183,7 @@ def model_card(run_dir: Path, model: Any, step: int, commit: dict[str, Any], loc
         "",
         f"The full configuration: `{run_dir}/config.yaml`.",
         "",
+        *_pruning(run_dir),
         "## Evaluation",
         "",
         *_evaluation(last_validation(run_dir, step), run_dir, sources),

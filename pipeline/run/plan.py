@@ -24,6 +24,7 @@ from pipeline.data.corpus import Corpus
 from pipeline.data.shards import ShardedDataset
 from pipeline.distributed.launch import DistEnv
 from pipeline.model.alignment import Alignment, projection_shapes, resolve_alignment
+from pipeline.model.importance import Importance
 from pipeline.model.masked_lm import (
     MaskedLM,
     check_model_fits,
@@ -31,6 +32,7 @@ from pipeline.model.masked_lm import (
     load_teacher,
     model_shape,
 )
+from pipeline.model.selection import pruned_selection, pruning_report
 from pipeline.model.student import Shape, student_from_config
 from pipeline.run.ds_config import EngineSettings, engine_settings
 
@@ -52,6 +54,9 @@ class Plan:
     identity: dict[str, Any]
     teacher_cache: TeacherCache | None = None
     notes: list[str] = field(default_factory=list)
+    pruning: dict[str, Any] | None = (
+        None  # init prune: what the student kept (RUN/pruning/kept.json)
+    )
 
 
 def teacher_forward_needed(cfg: Config, cached: bool) -> bool:
@@ -62,7 +67,7 @@ def teacher_forward_needed(cfg: Config, cached: bool) -> bool:
 def _no_forward_note(cfg: Config) -> str:
     if cfg.loss.alpha_ce > 0:
         why = "logits come from the teacher cache"
-    elif cfg.model.init in ("teacher", "select"):
+    elif cfg.model.init in ("teacher", "select", "prune"):
         why = "no teacher loss is on (the teacher only initialised the student)"
     else:
         why = "no teacher loss is on (the teacher only set its shape)"
@@ -94,10 +99,16 @@ class _Models:
     teacher: MaskedLM | None
     layer_map: list[int]
     alignment: Alignment | None
+    pruning: dict[str, Any] | None = None
 
 
 def _models(
-    cfg: Config, models: ModelRefs, corpus: Corpus, cached: bool, notes: list[str]
+    cfg: Config,
+    models: ModelRefs,
+    corpus: Corpus,
+    cached: bool,
+    notes: list[str],
+    importance: Importance | None,
 ) -> _Models:
     """The models of the run, each checked against the data."""
     manifest = corpus.manifest
@@ -113,20 +124,34 @@ def _models(
         str(where), cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
     )
     check_model_fits(teacher.config, manifest, str(where))
-    student, layer_map = student_from_config(teacher, cfg.model)
+    if cfg.model.init == "prune" and importance is None:
+        raise RuntimeError("plan: init prune without the calibration's importance scores")
+    student, layer_map = student_from_config(teacher, cfg.model, importance)
+    t_shape, s_shape = Shape.of(teacher.config), Shape.of(student.config)
     alignment = resolve_alignment(
-        cfg.loss, Shape.of(teacher.config), Shape.of(student.config), layer_map, cfg.model.init
+        cfg.loss, t_shape, s_shape, layer_map, cfg.model.init, importance=importance
     )
-    if not teacher_forward_needed(cfg, cached):
+    pruning = None
+    if importance is not None and cfg.model.init == "prune":
+        sel = pruned_selection(t_shape, s_shape, importance, layer_map)
+        pruning = pruning_report(importance, t_shape, sel, layer_map)
+    keep = teacher if teacher_forward_needed(cfg, cached) else None
+    if keep is None:
         notes.append(_no_forward_note(cfg))
-        return _Models(student, None, layer_map, alignment)
-    return _Models(student, teacher, layer_map, alignment)
+    return _Models(student, keep, layer_map, alignment, pruning)
 
 
 def prepare(
-    cfg: Config, paths: RunPaths, models: ModelRefs, env: DistEnv, device: torch.device
+    cfg: Config,
+    paths: RunPaths,
+    models: ModelRefs,
+    env: DistEnv,
+    device: torch.device,
+    importance: Importance | None = None,
 ) -> Plan:
-    """Every file of the run read and checked (this rank's share of the shard checksums)."""
+    """Every file of the run read and checked (this rank's share of the shard checksums);
+    ``importance``: the calibration's scores, for ``init prune``
+    (:func:`pipeline.run.calibration.calibrate`)."""
     corpus = Corpus(paths.sources)
     manifest = corpus.manifest
     if cfg.data.verify_checksums:
@@ -137,7 +162,7 @@ def prepare(
     engine = engine_settings(cfg, env.world_size, device.type)
     cached = bool(paths.teacher_cache) and cfg.distilling and cfg.loss.alpha_ce > 0
     notes: list[str] = []
-    m = _models(cfg, models, corpus, cached, notes)
+    m = _models(cfg, models, corpus, cached, notes, importance)
     cache = None
     if cached:
         assert models.teacher is not None and paths.teacher_cache is not None
@@ -162,4 +187,4 @@ def prepare(
         # a hub snapshot: a requeue that finds another revision of the name must not mix them
         identity["hub_revision"] = source.revision
     return Plan(paths, models, corpus, manifest, engine, m.student, m.teacher, m.layer_map,
-                m.alignment, max_steps, identity, cache, notes)  # fmt: skip
+                m.alignment, max_steps, identity, cache, notes, m.pruning)  # fmt: skip

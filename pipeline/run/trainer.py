@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from data_prep.atomic import write_json
 from pipeline.checkpoint.manager import CheckpointManager
 from pipeline.checkpoint.save import SaveFailed
 from pipeline.config.schema import Config, save_config
@@ -33,6 +34,7 @@ from pipeline.distributed.launch import DistEnv
 from pipeline.evaluation.mlm import SUMS, batch_sums, summarize
 from pipeline.model.masked_lm import count_parameters, teacher_dtype
 from pipeline.model.objective import StudentWithLoss
+from pipeline.model.selection import PRUNING_DIR, REPORT_FILE
 from pipeline.model.targets import teacher_source
 from pipeline.run.guards import LossScaleWatch, Preemption, nonfinite_loss
 from pipeline.run.metrics import LogWindow, RunLogger, SampleLog
@@ -164,6 +166,8 @@ class Trainer:
             if ref is not None:
                 resolved[role] = ref.to_json()
         save_config(self.cfg, self.run_dir / "config.yaml", resolved)
+        if self.plan.pruning is not None:
+            write_json(self.run_dir / PRUNING_DIR / REPORT_FILE, self.plan.pruning)
         save_run_model_files(
             self.run_dir, self.plan.student, self.plan.manifest, teacher.path if teacher else None
         )
@@ -227,6 +231,8 @@ class Trainer:
         scale_watch = LossScaleWatch(self._min_loss_scale(), t.max_min_scale_steps)
         batches = self.train_batches()
         steps_here = 0
+        if t.eval_on_start and self.step == 0:
+            log.log_eval(0, self.evaluate())
         self.engine.train()
         while self.step < max_steps:
             self.train_step(batches)
