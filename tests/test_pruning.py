@@ -14,6 +14,7 @@ import pytest
 import torch
 from pipeline_helpers import REPO, base_args, check_ok, launch, train_env
 
+from data_prep.errors import UserError
 from pipeline.model.importance import Importance, measure_importance, top
 from pipeline.model.masked_lm import MaskedLM, load_teacher
 from pipeline.model.selection import pruned_selection, selection
@@ -98,9 +99,10 @@ def test_the_pruned_student_keeps_the_most_important_parts(tiny_teacher: Path) -
     teacher = load_teacher(str(tiny_teacher), "sdpa", need_head=True)
     imp = _scores(teacher, 3)
     student, layer_map = build_student(
-        teacher, 2, None, "prune", "sdpa", None, hidden=16, heads=1, intermediate=24, importance=imp
-    )
-    assert layer_map == top(imp.layers, 2)  # no layer map given: layers by block importance
+        teacher, 2, None, "prune", "sdpa", None, hidden=16, heads=1, intermediate=24,
+        layer_map_rule="importance", importance=imp,
+    )  # fmt: skip
+    assert layer_map == top(imp.layers, 2) != [0, 3]  # layers by block importance
     t, s = teacher.model.state_dict(), student.model.state_dict()
     r = torch.tensor(top(imp.channels, 16))
     assert torch.equal(
@@ -123,9 +125,14 @@ def test_the_pruned_student_keeps_the_most_important_parts(tiny_teacher: Path) -
         assert torch.equal(
             s[sp + "sa_layer_norm.weight"], t[tp + "attention.output.LayerNorm.weight"][r]
         )
-    # a given layer map is kept; other scores choose other neurons than weight selection does
+    # a given layer map is kept, the default rule's otherwise; other neurons than selection's
     _, given = build_student(teacher, 2, [1, 2], "prune", "sdpa", None, hidden=16, importance=imp)
     assert given == [1, 2]
+    _, default = build_student(teacher, 2, None, "prune", "sdpa", None, hidden=16, importance=imp)
+    assert default == [0, 3]
+    with pytest.raises(UserError, match=r"needs model\.init prune"):
+        build_student(teacher, 2, None, "select", "sdpa", None, hidden=16,
+                      layer_map_rule="importance")  # fmt: skip
     t_shape, s_shape = Shape.of(teacher.config), Shape(2, 16, 1, 24)
     assert pruned_selection(t_shape, s_shape, imp, [1, 2]).ffn != selection(t_shape, s_shape).ffn
 
@@ -146,8 +153,6 @@ def test_at_the_teachers_full_shape_the_pruned_student_is_the_teacher(tiny_teach
 
 
 def test_prune_refuses_a_student_larger_than_the_teacher(tiny_teacher: Path) -> None:
-    from data_prep.errors import UserError
-
     teacher = load_teacher(str(tiny_teacher), "sdpa", need_head=True)
     with pytest.raises(UserError, match=r"model\.init prune takes a subset"):
         build_student(teacher, 2, None, "prune", "sdpa", None, hidden=16, heads=4,

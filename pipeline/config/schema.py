@@ -58,16 +58,17 @@ class ModelConfig:
     and FFN size; a student_* field set as well must agree with it."""
     layer_map: list[int] | None = None
     """Teacher layer (0-based) that initialises and supervises each student layer; None = default map."""
-    layer_map_rule: Literal["distilbert", "tinybert"] = "distilbert"
+    layer_map_rule: Literal["distilbert", "tinybert", "importance"] = "distilbert"
     """Default layer map: ``distilbert`` (evenly spread, first and last included: 12 -> 6 gives
-    0,2,4,7,9,11) or ``tinybert`` (the top layer of each of M equal blocks: 12 -> 4 gives 2,5,8,11)."""
+    0,2,4,7,9,11), ``tinybert`` (the top layer of each of M equal blocks: 12 -> 4 gives 2,5,8,11)
+    or, with ``init prune``, ``importance`` (the layers of the highest block importance)."""
     init: Literal["teacher", "select", "prune", "random"] = "teacher"
     """Student initialisation: ``teacher`` (copy of the mapped teacher layers, embeddings and MLM
     head; the teacher's width only), ``select`` (weight selection, Xu et al. 2023: a consistent
     subset of the teacher's neurons in every layer, for any narrower student; equal to
     ``teacher`` at the teacher's width), ``prune`` (after Minitron: the teacher's most important
-    heads, FFN neurons, residual channels and, without a layer_map, layers, measured on
-    prune_samples training sequences) or ``random``."""
+    heads, FFN neurons and residual channels, and with layer_map_rule importance its layers,
+    measured on prune_samples training sequences) or ``random``."""
     prune_samples: int = 256
     """Calibration sequences for ``init prune``: evenly spread over the training split, read once
     and the scores kept in RUN_DIR/pruning/ (a requeue reuses them)."""
@@ -298,6 +299,11 @@ def validate(cfg: Config) -> RunPaths:
     shape = [m.student_layers, m.student_hidden, m.student_heads, m.student_intermediate]
     if min(shape) < 0 or cfg.loss.relation_heads < 0:
         raise UserError("model.student_* sizes and loss.relation_heads must be >= 0 (0 = default)")
+    if m.layer_map_rule == "importance" and m.init != "prune":
+        raise UserError(
+            "model.layer_map_rule importance chooses layers by the scores of model.init prune: "
+            "set model.init prune, or use the distilbert or tinybert rule"
+        )
     if m.init == "prune" and m.prune_samples < 1:
         raise UserError("model.prune_samples must be >= 1 (calibration sequences of init prune)")
     if not cfg.distilling and cfg.loss.alpha_mlm <= 0:

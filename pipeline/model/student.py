@@ -40,10 +40,10 @@ Initialisation (``model.init``):
   Xu et al. also choose the first N layers rather than spread ones; pass ``model.layer_map``
   (e.g. ``[0, 1, 2, 3]``) for that.
 * ``prune``: after Minitron (Muralidharan et al. 2024): the same cut as ``select``, but the kept
-  heads and FFN neurons of each layer, the residual channels and (without ``model.layer_map``)
-  the layers are the teacher's most important ones, scored on calibration data
-  (:mod:`pipeline.model.importance`, chosen by :func:`pipeline.model.selection.pruned_selection`).
-  At the teacher's full shape it is the teacher, bit for bit.
+  heads and FFN neurons of each layer and the residual channels are the teacher's most important
+  ones, scored on calibration data (:mod:`pipeline.model.importance`, chosen by
+  :func:`pipeline.model.selection.pruned_selection`); ``layer_map_rule importance`` chooses the
+  layers by block importance too. At the teacher's full shape it is the teacher, bit for bit.
 * ``random``: the architecture's own initialisation, seeded (reproducible whatever ran before).
 """
 
@@ -234,8 +234,8 @@ def build_student(
     importance: Importance | None = None,
 ) -> tuple[MaskedLM, list[int]]:
     """The student and its layer map; its weights per ``init`` (teacher, select, prune or
-    random). ``prune`` needs the teacher's ``importance``; without a ``layer_map`` it keeps the
-    layers of the highest block importance."""
+    random). ``prune`` needs the teacher's ``importance``; ``layer_map_rule`` ``importance``
+    (prune only) keeps the layers of the highest block importance."""
     from transformers import AutoModelForMaskedLM
 
     t_shape = Shape.of(teacher.config)
@@ -243,9 +243,9 @@ def build_student(
     t_layers = teacher.num_layers
     if layer_map:
         layer_map = list(layer_map)
-    elif init == "prune":
-        if importance is None:
-            raise ValueError("build_student: init prune needs the teacher's importance scores")
+    elif layer_map_rule == "importance":
+        if init != "prune" or importance is None:
+            raise UserError("model.layer_map_rule importance needs model.init prune")
         default_layer_map(t_layers, shape.layers)  # the one refusal of a deeper student
         layer_map = pruned_layer_map(importance, shape.layers)
     else:

@@ -1,7 +1,7 @@
 """Pruned, selected and random students against each other: what ``model.init prune`` buys.
 
     python -m pipeline.tools.bench_prune --workdir demo_run [--steps 100] [--seeds 3]
-        [--inits prune select random] [--shape 3 256 8 1024] [--json OUT]
+        [--inits prune select random] [--shape 3 256 8 1024] [--layer-map 0 2 5] [--json OUT]
 
 Uses the demo's adapted teacher and shards (``make demo``'s first two stages, run here through
 :mod:`pipeline.tools.demo` when the working folder lacks them). For each init and seed it trains
@@ -37,6 +37,7 @@ def _train(demo: Demo, run: Path, init: str, seed: int, args: argparse.Namespace
         "--model.student_hidden", str(hidden), "--model.student_heads", str(heads),
         "--model.student_intermediate", str(ffn), "--model.prune_samples", str(args.prune_samples),
         "--loss.alpha_cos", "0",
+        *(["--model.layer_map", json.dumps(args.layer_map)] if args.layer_map else []),
     )  # fmt: skip
 
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--inits", nargs="+", default=["prune", "select", "random"])
     p.add_argument("--shape", type=int, nargs=4, default=[3, 256, 8, 1024],
                    metavar=("LAYERS", "HIDDEN", "HEADS", "FFN"))  # fmt: skip
+    p.add_argument("--layer-map", type=int, nargs="+", help="teacher layers (default: each init's)")
     p.add_argument("--prune-samples", type=int, default=256, help="calibration sequences")
     p.add_argument("--json", help="write the table as JSON here")
     args = p.parse_args(argv)
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     for init in args.inits:
         per_seed: list[dict[str, Any]] = []
         for seed in range(1, args.seeds + 1):
-            run = demo.w / "prune_bench" / f"{init}-seed{seed}"
+            mapped = "-layers" + "_".join(map(str, args.layer_map)) if args.layer_map else ""
+            run = demo.w / "prune_bench" / f"{init}{mapped}-seed{seed}"
             if not demo.finished(run, args.steps):
                 _train(demo, run, init, seed, args)
             evals = _evals(run)
