@@ -54,9 +54,8 @@ class Plan:
     identity: dict[str, Any]
     teacher_cache: TeacherCache | None = None
     notes: list[str] = field(default_factory=list)
-    pruning: dict[str, Any] | None = (
-        None  # init prune: what the student kept (RUN/pruning/kept.json)
-    )
+    # init prune: what the student kept (written to RUN_DIR/pruning/kept.json)
+    pruning: dict[str, Any] | None = None
 
 
 def teacher_forward_needed(cfg: Config, cached: bool) -> bool:
