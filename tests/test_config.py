@@ -109,6 +109,8 @@ def test_shipped_recipes_parse() -> None:
         ([*REQUIRED, "--global-batch-size", "0"], "global_batch_size"),
         ([*REQUIRED, "--train.epochs", "0"], "max_steps > 0 or train.epochs > 0"),
         ([*REQUIRED, "--resume", "/no/such/ckpt"], "no such checkpoint"),
+        ([*REQUIRED, "--model.init", "prune", "--model.prune_samples", "0"], "prune_samples"),
+        ([*REQUIRED, "--model.layer_map_rule", "importance"], "set model.init prune"),
     ],
 )
 def test_validate_refuses_contradictions(argv: list[str], needle: str) -> None:
