@@ -178,3 +178,47 @@ def test_data_takes_one_folder_or_a_weighted_blend(tmp_path: Path) -> None:
         parse_config(["--teacher", "T", "--data", "0:/b", "1:/w", "--output", "R"])
     cfg, _ = parse_config([*REQUIRED, "--model.layer_map", "0", "3"])  # lists take several values
     assert cfg.model.layer_map == [0, 3]
+
+
+def test_print_config_round_trips_through_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", "minilmv2", *REQUIRED, "--lr", "1e-3", "--model.layer_map", "[1, 3]"]
+    cfg, _ = parse_config(argv)
+    with pytest.raises(SystemExit) as leave:
+        parse_config([*argv, "--print-config"])
+    assert leave.value.code == 0
+    printed = capsys.readouterr().out
+    assert "lr: 0.001" in printed and "alpha_relation: 1.0" in printed
+    recipe = tmp_path / "printed.yaml"
+    recipe.write_text(printed)
+    again, _ = parse_config(["--config", str(recipe)])
+    assert again == cfg
+
+
+def test_recipes_by_name_and_an_unknown_one_lists_them() -> None:
+    shipped = Path(__file__).parent.parent / "pipeline" / "recipes" / "tinybert_general.yaml"
+    by_name, _ = parse_config(["--config", "tinybert_general", *REQUIRED])
+    by_path, _ = parse_config(["--config", str(shipped), *REQUIRED])
+    assert by_name == by_path and by_name.loss.alpha_attn > 0
+    with pytest.raises(UserError, match="minitron_encoder"):
+        parse_config(["--config", "tinybert", *REQUIRED])
+
+
+def test_console_scripts_are_installed_beside_the_module_forms() -> None:
+    import subprocess
+    import sys
+
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"distil-prep", "distil-train", "distil-cache", "distil-export", "distil-eval"} <= set(
+        scripts
+    )
+    bin_dir = Path(sys.executable).parent
+    for name in scripts:
+        assert (bin_dir / name).is_file(), f"{name}: not installed (pip install -e .)"
+    for name, needle in (("distil-train", "--print-config"), ("distil-prep", "--tokenizer")):
+        out = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and needle in out.stdout, out.stderr[-2000:]

@@ -190,10 +190,23 @@ def apply_overrides(cfg: Config, values: dict[str, Any], source: str) -> None:
         setattr(section, name, _coerce(value, known[name], f"{source}: {dotted}"))
 
 
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipe_path(spec: str | Path) -> Path:
+    """A recipe file, or the name of a shipped one (``distilbert`` -> pipeline/recipes/distilbert.yaml)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    shipped = RECIPES / f"{spec}.yaml"
+    if "/" not in str(spec) and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(r.stem for r in RECIPES.glob("*.yaml")))
+    raise UserError(f"{p}: recipe not found; give a YAML file or a shipped recipe's name ({names})")
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: recipe not found (recipes live in pipeline/recipes/)")
+    p = recipe_path(path)
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -214,7 +227,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         metavar="RECIPE",
-        help="YAML recipe (pipeline/recipes/*.yaml); default: the DistilBERT paper recipe",
+        help="a YAML recipe, or a shipped recipe's name (distilbert, distilbert_mse, "
+        "tinybert_general, minilmv2, minitron_encoder); default: the DistilBERT paper recipe",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (defaults < recipe < flags) as a YAML recipe and exit",
     )
     cfg = Config()
     sections = dict(_sections())
@@ -261,4 +280,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, RunPaths]:
         if "." in k and v is not None
     }
     apply_overrides(cfg, overrides, "command line")
+    if args.print_config:  # like --help: print and leave; the output works as --config
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", flush=True)
+        raise SystemExit(0)
     return cfg, validate(cfg)
