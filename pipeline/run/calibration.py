@@ -69,12 +69,9 @@ def _measure(teacher: MaskedLM, corpus: Corpus, count: int, device: torch.device
     dataset = ShardedDataset(source.path, "train", corpus.manifests[0])
     if len(dataset) == 0:
         raise UserError(f"{source.path}: no training sequences to calibrate model.init prune on")
-    teacher.model.to(device)
-    try:
-        pad = corpus.manifest.special_ids.pad
-        return measure_importance(teacher, _batches(dataset, count, pad, device))
-    finally:
-        teacher.model.to("cpu")
+    teacher.model.to(device)  # a copy of its own, dropped after the pass
+    pad = corpus.manifest.special_ids.pad
+    return measure_importance(teacher, _batches(dataset, count, pad, device))
 
 
 def calibrate(

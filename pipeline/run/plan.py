@@ -123,8 +123,6 @@ def _models(
         str(where), cfg.model.attn_implementation, need_head=cfg.loss.alpha_ce > 0
     )
     check_model_fits(teacher.config, manifest, str(where))
-    if cfg.model.init == "prune" and importance is None:
-        raise RuntimeError("plan: init prune without the calibration's importance scores")
     student, layer_map = student_from_config(teacher, cfg.model, importance)
     t_shape, s_shape = Shape.of(teacher.config), Shape.of(student.config)
     alignment = resolve_alignment(
