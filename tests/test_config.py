@@ -222,3 +222,12 @@ def test_console_scripts_are_installed_beside_the_module_forms() -> None:
     for name, needle in (("distil-train", "--print-config"), ("distil-prep", "--tokenizer")):
         out = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and needle in out.stdout, out.stderr[-2000:]
+
+
+def test_a_bare_boolean_flag_is_true_and_takes_a_value_too() -> None:
+    base = ["--teacher", "t", "--data", "d", "--output", "o"]
+    assert parse_config([*base, "--train.deterministic"])[0].train.deterministic is True
+    cfg, _ = parse_config([*base, "--train.deterministic", "false", "--model.compile", "true"])
+    assert cfg.train.deterministic is False and cfg.model.compile is True
+    cfg, _ = parse_config([*base, "--train.sample_log", "--max-steps", "3"])
+    assert cfg.train.sample_log is True and cfg.train.max_steps == 3

@@ -9,7 +9,7 @@ import pytest
 
 from data_prep.errors import UserError
 from pipeline.config.schema import Config
-from pipeline.run.ds_config import engine_settings, split_batch
+from pipeline.run.ds_config import SHIPPED, engine_settings, find_ds_config, split_batch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,3 +94,20 @@ def test_bf16_reduces_and_accumulates_gradients_in_fp32_and_saves_without_tag_co
     from deepspeed.runtime.config import get_communication_data_type
 
     assert get_communication_data_type(es.config) == torch.float32  # DeepSpeed's own reading
+
+
+def test_shipped_configs_are_found_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a job started from its own folder, not the repository
+    expected = SHIPPED / "zero2_bf16.json"
+    for spec in ("ds_configs/zero2_bf16.json", "zero2_bf16", "zero2_bf16.json"):
+        assert find_ds_config(spec) == expected
+    own = tmp_path / "ds_configs" / "zero2_bf16.json"  # a file of that path here wins
+    own.parent.mkdir()
+    own.write_text("{}")
+    assert find_ds_config("ds_configs/zero2_bf16.json") == Path("ds_configs/zero2_bf16.json")
+    with pytest.raises(UserError, match=r"zero3\.json: DeepSpeed config not found.*zero2_fp16"):
+        find_ds_config("zero3.json")
+    with pytest.raises(UserError, match="not found"):
+        find_ds_config("elsewhere/zero2_bf16.json")  # another folder is not searched

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from pipeline_helpers import (
     REPO,
     base_args,
@@ -78,14 +79,36 @@ def test_resume_twice(
     resumed run does not repeat it."""
     run = tmp_path / "twice"
     extra = {"--max-steps": 8, "--save-every": 4, "--train.eval_on_start": "true"}
+    # Also: W&B (offline) and MLflow (its SQLite default in RUN_DIR) follow the run through
+    # both requeues as one tracker run each.
+    trackers = ["--train.report_to", "tensorboard", "wandb", "mlflow"]
+    offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     args = base_args(tiny_teacher, small_data_dir, run, **extra, **{"--train.stop_after_steps": 3})
-    check_ok(launch(args, nproc=2))
-    check_ok(launch(args, nproc=2))  # steps 4..6
-    check_ok(launch(base_args(tiny_teacher, small_data_dir, run, **extra), nproc=2))
+    check_ok(launch([*args, *trackers], nproc=2, env=offline))
+    check_ok(launch([*args, *trackers], nproc=2, env=offline))  # steps 4..6
+    last = base_args(tiny_teacher, small_data_dir, run, **extra)
+    check_ok(launch([*last, *trackers], nproc=2, env=offline))
     assert losses(run) == losses(reference_run)
     assert _same_weights(_weights(run, 8), _weights(reference_run, 8))
     assert [r["step"] for r in eval_records(run)] == [0, 8]
     assert set(eval_records(run)[0]["eval"]) == set(eval_records(reference_run)[-1]["eval"])
+
+    from mlflow.tracking import MlflowClient
+    from wandb_log import read_run
+
+    ids = json.loads((run / "trackers.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{run}/mlflow.db")
+    logged = client.get_metric_history(ids["mlflow"], "train/loss")
+    # steps 4..6 ran twice (the second session resumed from step 4's checkpoint): MLflow keeps
+    # both values of a step; the last of each is the run's
+    last_of = {m.step: m.value for m in sorted(logged, key=lambda m: m.timestamp)}
+    assert sorted(last_of) == list(range(1, 9))
+    assert client.get_run(ids["mlflow"]).data.params["train.max_steps"] == "8"
+    sessions = [read_run(f) for f in sorted(run.glob("wandb/offline-run-*/run-*.wandb"))]
+    assert len(sessions) == 3 and {s["id"] for s in sessions} == {ids["wandb"]}
+    wandb_steps = [r["_step"] for s in sessions for r in s["history"] if "train/loss" in r]
+    assert wandb_steps[:3] == [1, 2, 3] and wandb_steps[-1] == 8
+    assert sessions[0]["config"]["train"]["report_to"] == ["tensorboard", "wandb", "mlflow"]
 
 
 def _start_two_ranks(args: list[str], port: int) -> list[subprocess.Popen[str]]:
@@ -229,6 +252,34 @@ def test_contradicting_config_is_refused(
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "contradicts the checkpoint" in result.stderr and "student" in result.stderr
+
+
+def test_a_changed_learning_rate_on_requeue_is_refused_or_recorded(
+    tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
+) -> None:
+    """Each checkpoint keeps the config it was saved under; a resume that changes a setting
+    that shapes training is refused in one line, or with train.allow_config_change recorded
+    with both values."""
+    run = tmp_path / "requeue"
+    shutil.copytree(reference_run, run)
+    saved = run / "checkpoints" / "global_step8" / "config.yaml"
+    commit = json.loads((saved.parent / "COMMIT.json").read_text())
+    assert "config.yaml" in commit["files"]
+    assert yaml.safe_load(saved.read_text())["resolved"]["max_steps"] == 8
+    same = {"--max-steps": 8, "--save-every": 4, "--train.sample_log": "true"}
+    changed = base_args(tiny_teacher, small_data_dir, run, **same, **{"--lr": 0.01})
+    refused = launch(changed, launcher="python")  # its own exit code (torchrun says 1)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "optim.lr 0.0005 -> 0.01" in refused.stderr
+    assert "--train.allow_config_change" in refused.stderr
+    assert not (run / "config_changes.jsonl").exists()
+    allowed = launch([*changed, "--train.allow_config_change"], nproc=2)  # a bare switch
+    check_ok(allowed)
+    assert "resuming step 8 with changed settings: optim.lr 0.0005 -> 0.01" in allowed.stdout
+    records = [json.loads(x) for x in (run / "config_changes.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["name"], r["before"], r["after"]) for r in records] == [
+        (8, "optim.lr", 0.0005, 0.01)
+    ]
 
 
 def test_keep_last_and_deepspeed_tools(

@@ -37,6 +37,10 @@ RUN_FILES = (
     "tensorboard",
     "samples",
     "pruning",
+    "trackers.json",
+    "config_changes.jsonl",
+    "wandb",
+    "mlflow.db",
 )
 """What pipeline.train writes into RUN_DIR: a folder holding none of it is not a run folder."""
 

@@ -5,27 +5,34 @@ the end, and before stopping), refuses to save weights that are not finite (ever
 saves through :func:`pipeline.checkpoint.save.save` (ZeRO checkpoint + per-rank state + commit
 marker from every rank's report, ``keep_last`` kept in commit order), logs the size and time of
 each save, names the last good checkpoint for error messages, chooses the checkpoint every rank
-resumes from (rank 0, checksums verified, one line of history kept: :mod:`.history`), and
+resumes from (rank 0, checksums verified, one line of history kept: :mod:`.history`), refuses
+a resume that would silently change a setting that shapes training (or, with
+``train.allow_config_change``, records each change in ``RUN_DIR/config_changes.jsonl``), and
 resumes an engine from it: directly at the same world size (bitwise exact, RNG restored),
 through DeepSpeed's universal format at another.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from data_prep.errors import UserError
 from pipeline.checkpoint import store as ckpt
 from pipeline.checkpoint.history import start_line
-from pipeline.checkpoint.save import save
+from pipeline.checkpoint.save import CONFIG_FILE, save
 from pipeline.checkpoint.universal import ensure_universal, universal_path
+from pipeline.config.changes import setting_changes
 from pipeline.config.schema import TrainConfig
 from pipeline.distributed.comm import ControlGroup
+
+CHANGES_FILE = "config_changes.jsonl"
 
 
 class CheckpointManager:
@@ -37,8 +44,12 @@ class CheckpointManager:
         control: ControlGroup,
         rank: int,
         log: Callable[[str], None],
+        config: dict[str, Any] | None = None,
     ) -> None:
+        """``config``: the run's resolved config (``Config.to_dict()`` plus ``resolved``), kept
+        in every checkpoint and compared with the checkpoint's on resume."""
         self.run_dir = run_dir
+        self.config = config
         self.cfg = cfg
         self.identity = identity
         self.control = control
@@ -58,7 +69,14 @@ class CheckpointManager:
         start = time.perf_counter()
         # SaveFailed, on every rank, when any rank could not write its part
         path = save(
-            engine, self.run_dir, step, consumed, self.identity, self.cfg.keep_last, self.control
+            engine,
+            self.run_dir,
+            step,
+            consumed,
+            self.identity,
+            self.cfg.keep_last,
+            self.control,
+            self.config,
         )
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         self.log(
@@ -102,7 +120,40 @@ class CheckpointManager:
 
         found = self.control.together(read)
         ckpt.check_compatible(found, self.identity)
+        self._check_changes(found)
         return found
+
+    def _check_changes(self, found: ckpt.CheckpointInfo) -> None:
+        """Refuse (every rank, the same files) a resume that changes a shaping setting unless
+        ``train.allow_config_change``; then rank 0 prints and records each change."""
+        saved_path = found.path / CONFIG_FILE
+        if self.config is None or not saved_path.is_file():
+            return  # a checkpoint of an earlier release: nothing to compare with
+        try:
+            saved = yaml.safe_load(saved_path.read_text()) or {}
+        except yaml.YAMLError:
+            raise UserError(
+                f"{saved_path}: not valid YAML; resume from another checkpoint"
+            ) from None
+        changes = setting_changes(saved, self.config)
+        if not changes:
+            return
+        listed = "; ".join(map(str, changes))
+        if not self.cfg.allow_config_change:
+            raise UserError(
+                f"{found.path}: this run's settings differ from the checkpoint's: {listed}. Run "
+                "with the checkpoint's settings, or pass --train.allow_config_change true to "
+                f"resume with the new ones (recorded in {self.run_dir / CHANGES_FILE})"
+            )
+        if self.rank == 0:
+            step = int(found.commit["step"])
+            self.log(f"note: resuming step {step} with changed settings: {listed}")
+            path = self.run_dir / CHANGES_FILE
+            now = round(time.time(), 3)
+            with open(path, "a") as fh:
+                for c in changes:
+                    record = {"step": step, "time": now, "name": c.name}
+                    fh.write(json.dumps({**record, "before": c.before, "after": c.after}) + "\n")
 
     def resume(self, engine: Any, found: ckpt.CheckpointInfo, world: int) -> tuple[int, int]:
         """Load ``found`` into ``engine`` (collective); the (step, consumed samples) it was at."""

@@ -2,7 +2,8 @@
 
 Every rank writes its part (DeepSpeed's ZeRO checkpoint: rank 0 the model states, each rank its
 optimizer shard; ours: each rank its RNG state and data cursor), fsyncs the files it wrote and
-reports them (name, bytes, sha256) on the control group. Rank 0 writes COMMIT.json from those
+reports them (name, bytes, sha256) on the control group; rank 0 also writes the resolved config
+the run is saving under (``config.yaml``: the run's full record, checkpoint by checkpoint). Rank 0 writes COMMIT.json from those
 reports, never from a listing of the folder (on a network file system a listing just after other
 nodes wrote can miss their files), then moves ``latest``, then prunes by commit order.
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import yaml
 
 from data_prep.atomic import atomic_open, fsync_dir, write_json
 from data_prep.versioned import stamp
@@ -82,7 +84,13 @@ def full_disk_note(root: Path, cause: str) -> str:
     )
 
 
-def _write_part(engine: Any, root: Path, tag: str, step: int, consumed: int) -> dict[str, Any]:
+CONFIG_FILE = "config.yaml"
+"""The resolved config a checkpoint was saved under, in its folder (rank 0's, listed in COMMIT)."""
+
+
+def _write_part(
+    engine: Any, root: Path, tag: str, step: int, consumed: int, config: dict[str, Any] | None
+) -> dict[str, Any]:
     """This rank's files of the checkpoint, written and fsynced; what it wrote."""
     rank, world = dist.get_rank(), dist.get_world_size()
     client_state = {"step": step, "consumed_samples": consumed}
@@ -94,6 +102,9 @@ def _write_part(engine: Any, root: Path, tag: str, step: int, consumed: int) -> 
     path = root / tag
     with atomic_open(rank_state_path(path, rank), "wb") as fh:
         torch.save(capture_rank_state(step, consumed, world), fh)
+    if rank == 0 and config is not None:
+        with atomic_open(path / CONFIG_FILE, "w") as fh:
+            yaml.safe_dump(config, fh, sort_keys=False)
     files = _own_files(path, rank)
     if rank == 0:
         fsync_dir(path)
@@ -108,6 +119,7 @@ def save(
     identity: dict[str, Any],
     keep_last: int,
     control: ControlGroup,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Collective: every rank calls it. Returns the committed checkpoint's path; raises
     :class:`SaveFailed` on every rank when any rank could not write its part."""
@@ -126,7 +138,7 @@ def save(
     files: dict[str, Any] = {}
     cause = None
     try:
-        files = _write_part(engine, root, tag, step, consumed)
+        files = _write_part(engine, root, tag, step, consumed, config)
     except Exception as exc:
         cause = one_line(exc) + full_disk_note(root, str(exc))
     failpoint("save:written")

@@ -3,7 +3,8 @@
 Order of precedence: the defaults of :mod:`pipeline.config.schema`, then the recipe (``--config
 pipeline/recipes/X.yaml``, any subset of fields by section), then the command line, where every
 field is ``--section.field VALUE`` (e.g. ``--loss.alpha_ce 5``) and the common ones have short
-forms (``--max-steps``, ``--teacher``, ``--data``...). Values are checked against the field's type
+forms (``--max-steps``, ``--teacher``, ``--data``...); a boolean field given bare is true
+(``--train.deterministic``, like every other command's switches). Values are checked against the field's type
 (``Literal`` choices included) with an error that names the field. ``--help`` prints every field
 with its type, default and docstring, section by section: the docstrings in config.py are the
 documentation.
@@ -256,11 +257,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         section = getattr(cfg, section_name)
         for name, hint in _fields(cls):
             default = getattr(section, name)
+            switch = _base(hint) is bool  # a bare --train.x means true, as elsewhere
             group.add_argument(
                 f"--{section_name}.{name}",
                 dest=f"{section_name}.{name}",
                 default=None,
-                nargs="+" if _is_list(hint) else None,
+                nargs="+" if _is_list(hint) else ("?" if switch else None),
+                const="true" if switch else None,
                 metavar=_metavar(hint),
                 help=f"{docs.get(name, '')} (default: {default})".replace("%", "%%"),
             )

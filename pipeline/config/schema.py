@@ -180,7 +180,8 @@ class TrainConfig:
     output: str | None = None
     """RUN_DIR: checkpoints, tensorboard/, metrics.jsonl, config.yaml."""
     ds_config: str = "ds_configs/zero2_bf16.json"
-    """DeepSpeed JSON with the engine settings."""
+    """DeepSpeed JSON with the engine settings: a path, or the name of a shipped one
+    (``zero2_bf16``, ``ds_configs/zero2_fp16.json``: found from any working directory)."""
     max_steps: int = 0
     """Optimizer steps; 0 = ``epochs`` passes over the train split."""
     epochs: float = 3.0
@@ -194,7 +195,16 @@ class TrainConfig:
     seed: int = DEFAULT_SEED
     """Seed of the sample order and the masks."""
     log_every: int = 10
-    """Log (progress line, metrics.jsonl, TensorBoard) every N steps."""
+    """Log (progress line, metrics.jsonl, trackers) every N steps."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers (rank 0), any of tensorboard, wandb, mlflow, or none; the resolved
+    config is logged as the run's parameters and a resumed run continues the same tracker run
+    (ids in RUN_DIR/trackers.json). wandb: WANDB_PROJECT (default distil), WANDB_MODE=offline
+    for a cluster without network. mlflow: MLFLOW_TRACKING_URI (default
+    sqlite:///RUN_DIR/mlflow.db), MLFLOW_EXPERIMENT_NAME (default distil)."""
+    peak_tflops: float = 0.0
+    """The device's peak dense bf16 TFLOP/s for the MFU of the log; 0 = the datasheet figure of
+    a known GPU, none on a CPU."""
     save_every: int = 1000
     """Checkpoint every N steps (and at the end); 0 = only at the end."""
     keep_last: int = 3
@@ -208,6 +218,10 @@ class TrainConfig:
     initialisation alone gives; a resumed run does not repeat it)."""
     resume: str = "auto"
     """``auto`` (newest complete checkpoint in RUN_DIR), ``none``, or a checkpoint path."""
+    allow_config_change: bool = False
+    """Resume although a setting that shapes training (learning rate, loss weights, masking,
+    schedule, batch, seed) differs from the checkpoint's; each change is printed and recorded
+    in RUN_DIR/config_changes.jsonl. Without it such a resume is refused."""
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
     """Signals that make every rank checkpoint at the next step and exit with ``preempt_exit_code``."""
     preempt_exit_code: int = 42
@@ -276,6 +290,29 @@ def check_masking(m: MaskingConfig) -> None:
         )
 
 
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+"""train.report_to names, and the extra of distil that installs each (``pip install distil[X]``)."""
+
+
+def check_trackers(names: list[str]) -> None:
+    """Known names, and each one's package installed: one line naming the extra otherwise."""
+    import importlib.util
+
+    for name in names:
+        if name == "none":
+            continue
+        if name not in TRACKERS:
+            raise UserError(
+                f"train.report_to: unknown tracker {name!r} (choose from "
+                f"{', '.join(TRACKERS)}, or none)"
+            )
+        if importlib.util.find_spec(name) is None:
+            raise UserError(
+                f"train.report_to {name}: the {name} package is not installed; pip install "
+                f"'distil[{TRACKERS[name]}]' (or leave {name} out of --train.report_to)"
+            )
+
+
 def validate(cfg: Config) -> RunPaths:
     """Checks that need no files: each failure says which field and what to do."""
     if cfg.model.teacher is None and cfg.model.model is None:
@@ -314,6 +351,7 @@ def validate(cfg: Config) -> RunPaths:
         )
     check_masking(cfg.masking)
     t = cfg.train
+    check_trackers(t.report_to)
     if t.collective_timeout_s < 1:
         raise UserError("train.collective_timeout_s must be at least 1 (seconds)")
     if t.global_batch_size < 1 or t.micro_batch_size < 0:

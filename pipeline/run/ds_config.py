@@ -27,10 +27,29 @@ class EngineSettings:
     precision: str  # fp16 | bf16 | fp32
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "ds_configs"
+"""The DeepSpeed configs shipped with distil (the repository's ds_configs/)."""
+
+
+def find_ds_config(spec: str | Path) -> Path:
+    """``train.ds_config``: the path as given (from the working directory) when it exists, else
+    the shipped config of that name (``zero2_bf16``, ``zero2_bf16.json`` or
+    ``ds_configs/zero2_bf16.json``), so a job started from another directory finds it."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    if not p.is_absolute() and p.parent in (Path("."), Path("ds_configs")):
+        for name in (p.name, f"{p.name}.json"):
+            if (SHIPPED / name).is_file():
+                return SHIPPED / name
+    shipped = ", ".join(sorted(f.stem for f in SHIPPED.glob("*.json")))
+    raise UserError(
+        f"{p}: DeepSpeed config not found; give a JSON file or a shipped config's name ({shipped})"
+    )
+
+
 def load_json(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: DeepSpeed config not found (see ds_configs/)")
+    p = find_ds_config(path)
     try:
         data = json.loads(p.read_text())
     except ValueError as exc:

@@ -2,9 +2,12 @@
 
 * :class:`LogWindow` sums the loss terms of each rank's micro-batches on the device (no sync per
   step) and reduces them over the ranks when a log is due.
-* :class:`RunLogger` (rank 0): a progress line, TensorBoard scalars and ``RUN_DIR/metrics.jsonl``:
-  one JSON object per logged step (step, loss, each term, lr, consumed_samples, tokens_per_s, ...),
-  and ``{"eval": ...}`` objects for validation passes.
+* :class:`RunLogger` (rank 0): a progress line (time, step, loss terms, lr, grad norm, tokens/s,
+  MFU, memory, ETA as hours and minutes), the trackers of ``train.report_to``
+  (:mod:`pipeline.run.trackers`) and ``RUN_DIR/metrics.jsonl``: one JSON object per logged step
+  with the same fields (step, time, loss, each term, lr, grad_norm, consumed_samples,
+  tokens_per_s, mfu, memory_gib, eta_s, ...), and ``{"eval": ...}`` objects for validation
+  passes.
 * :class:`SampleLog` (every rank, ``train.sample_log``): the sample indices and mask views of each
   micro-batch in ``RUN_DIR/samples/rankR.jsonl``.
 On resume, records past the checkpoint's step are dropped first, so each file reads as one run.
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +25,7 @@ import torch
 
 from data_prep.atomic import atomic_open
 from pipeline.distributed.comm import reduce_on_device
+from pipeline.run.trackers import Tracker, open_trackers
 
 PROGRESS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "hid", "att", "rel")
 """The loss terms of the progress line (metrics.jsonl and TensorBoard get every term)."""
@@ -50,52 +53,83 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"
 
 
-class RunLogger:
-    """Writes metrics on rank 0; a no-op on other ranks."""
+def hours_minutes(seconds: float) -> str:
+    """``3h07m``, ``12m``: an ETA a week-long job can be read by."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes = max(0, round(seconds / 60))
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
-    def __init__(self, run_dir: Path, enabled: bool, max_steps: int, start_step: int) -> None:
+
+def scalars(record: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The numbers of a record as tracker scalars (``train/loss``; a blend's
+    ``consumed_per_source`` as ``train/consumed_per_source/NAME``)."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key in ("step", "time"):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}/{key}"] = float(value)
+        elif isinstance(value, dict):
+            for sub, v in value.items():
+                out[f"{prefix}/{key}/{sub}"] = float(v)
+    return out
+
+
+class RunLogger:
+    """Writes metrics on rank 0 (progress line, metrics.jsonl, trackers); a no-op elsewhere."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        max_steps: int,
+        start_step: int,
+        report_to: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.max_steps = max_steps
         self.start_step = start_step
         self.start_time = time.perf_counter()
-        self._tb: Any = None
         self._jsonl: Any = None
+        self.trackers: list[Tracker] = []
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = run_dir / "metrics.jsonl"
         truncate_after(self.metrics_path, start_step)
         self._jsonl = open(self.metrics_path, "a", buffering=1)  # noqa: SIM115 - closed in close()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(
-                log_dir=str(run_dir / "tensorboard"),
-                purge_step=start_step + 1 if start_step else None,
-            )
-        except ImportError:  # tensorboard is a dependency, but do not die for a missing logger
-            print("warning: tensorboard not installed; no TensorBoard events", file=sys.stderr)
+        names = ["tensorboard"] if report_to is None else report_to
+        self.trackers = open_trackers(names, run_dir, config or {}, start_step)
 
     def log_step(self, record: dict[str, Any]) -> None:
+        """``record``: the step's figures; the ETA and the time are added here."""
         if not self.enabled:
             return
         step = int(record["step"])
-        self._jsonl.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"train/{key}", value, step)
-                elif isinstance(value, dict):  # e.g. consumed_per_source of a blend
-                    for sub, v in value.items():
-                        self._tb.add_scalar(f"train/{key}/{sub}", v, step)
         done = step - self.start_step
         elapsed = time.perf_counter() - self.start_time
-        eta = elapsed / max(done, 1) * (self.max_steps - step)
+        record["eta_s"] = round(elapsed / max(done, 1) * (self.max_steps - step), 1)
+        now = time.time()
+        record["time"] = round(now, 3)
+        self._jsonl.write(json.dumps(record) + "\n")
+        for tracker in self.trackers:
+            tracker.log(scalars(record, "train"), step)
         terms = " ".join(f"{k}={_fmt(record[k])}" for k in PROGRESS_TERMS if k in record)
-        scale = f" scale={record['loss_scale']:.0f}" if "loss_scale" in record else ""
+        extra = ""
+        if "loss_scale" in record:
+            extra += f" scale={record['loss_scale']:.0f}"
+        if "grad_norm" in record:
+            extra += f" gnorm={_fmt(record['grad_norm'])}"
+        speed = f"{record['tokens_per_s']:,.0f} tok/s"
+        if "mfu" in record:
+            speed += f" mfu {record['mfu']:.1%}"
+        memory = f" mem {record['memory_gib']:.1f} GiB" if "memory_gib" in record else ""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         print(
-            f"step {step}/{self.max_steps} {terms} lr={record['lr']:.3e}{scale} "
-            f"{record['tokens_per_s']:,.0f} tok/s eta {eta / 60:.1f} min",
+            f"{stamp} step {step}/{self.max_steps} {terms} lr={record['lr']:.3e}{extra} "
+            f"{speed}{memory} eta {hours_minutes(record['eta_s'])}",
             flush=True,
         )
 
@@ -103,11 +137,11 @@ class RunLogger:
         if not self.enabled:
             return
         self._jsonl.write(json.dumps({"step": step, "eval": metrics}) + "\n")
-        if self._tb is not None:
-            for key, value in metrics.items():
-                self._tb.add_scalar(f"eval/{key}", value, step)
+        for tracker in self.trackers:
+            tracker.log(scalars(metrics, "eval"), step)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-        print(f"eval @ step {step}: {shown}", flush=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp} eval @ step {step}: {shown}", flush=True)
 
     def info(self, message: str) -> None:
         if self.enabled:
@@ -116,9 +150,8 @@ class RunLogger:
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 class LogWindow:

@@ -12,6 +12,7 @@ the guards of :mod:`pipeline.run.guards`, :class:`~pipeline.run.metrics.LogWindo
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +33,8 @@ from pipeline.distributed.comm import ControlGroup
 from pipeline.distributed.failpoints import failpoint
 from pipeline.distributed.launch import DistEnv
 from pipeline.evaluation.mlm import SUMS, batch_sums, summarize
-from pipeline.model.masked_lm import count_parameters, teacher_dtype
+from pipeline.model.flops import device_peak_tflops, step_flops_per_token
+from pipeline.model.masked_lm import Shape, count_parameters, teacher_dtype
 from pipeline.model.objective import StudentWithLoss
 from pipeline.model.selection import PRUNING_DIR, REPORT_FILE
 from pipeline.model.targets import teacher_source
@@ -55,6 +57,13 @@ class Engine(Protocol):
 
 def _main_print(enabled: bool) -> Any:
     return (lambda msg: print(msg, flush=True)) if enabled else (lambda msg: None)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """The peak memory of this rank: the GPU's allocated peak, or the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def make_deterministic() -> None:
@@ -94,8 +103,15 @@ class Trainer:
             cfg.train.global_batch_size, es.micro_batch, es.grad_accum, self.world, self.rank
         )
         self.say = _main_print(self.rank == 0)
+        self.record = {**cfg.to_dict(), "resolved": self._resolved()}
         self.checkpoints = CheckpointManager(
-            self.run_dir, cfg.train, plan.identity, self.control, self.rank, self.say
+            self.run_dir,
+            cfg.train,
+            plan.identity,
+            self.control,
+            self.rank,
+            self.say,
+            self.record,
         )
         # Before anything is written into the run folder: a refusal changes nothing there.
         found = self.checkpoints.agree_resume(cfg.train.resume)
@@ -122,6 +138,14 @@ class Trainer:
         if found is not None:
             self.step, self.consumed = self.checkpoints.resume(self.engine, found, self.world)
         self.window = LogWindow(device)
+        self.flops_per_token = step_flops_per_token(
+            manifest.seq_len,
+            Shape.of(plan.student.config),
+            Shape.of(self.teacher.config) if self.teacher is not None else None,
+            int(plan.student.config.vocab_size),
+            teacher_runs=self.teacher is not None,
+        )
+        self.peak_tflops = device_peak_tflops(device, cfg.train.peak_tflops)
         self.samples = (
             SampleLog(self.run_dir, self.rank, self.step) if cfg.train.sample_log else None
         )
@@ -147,10 +171,8 @@ class Trainer:
             scaler.raise_error_at_min_scale = False
         return engine
 
-    def _write_run_files(self) -> None:
-        from pipeline.publish.run_files import save_run_model_files
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def _resolved(self) -> dict[str, Any]:
+        """What the config left to the run: the batch layout, the engine, the models' files."""
         es = self.plan.engine
         resolved: dict[str, Any] = {
             "world_size": self.world,
@@ -165,7 +187,14 @@ class Trainer:
         for role, ref in (("teacher", teacher), ("model", self.plan.models.model)):
             if ref is not None:
                 resolved[role] = ref.to_json()
-        save_config(self.cfg, self.run_dir / "config.yaml", resolved)
+        return resolved
+
+    def _write_run_files(self) -> None:
+        from pipeline.publish.run_files import save_run_model_files
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml", self.record["resolved"])
+        teacher = self.plan.models.teacher
         if self.plan.pruning is not None:
             write_json(self.run_dir / PRUNING_DIR / REPORT_FILE, self.plan.pruning)
         save_run_model_files(
@@ -217,7 +246,9 @@ class Trainer:
         ``preemption``: the handlers installed when the process started (pipeline.train does);
         a signal that came before the first step stops the run there, saving nothing new."""
         t, max_steps = self.cfg.train, self.plan.max_steps
-        log = RunLogger(self.run_dir, self.rank == 0, max_steps, self.step)
+        log = RunLogger(
+            self.run_dir, self.rank == 0, max_steps, self.step, t.report_to, self.record
+        )
         self._log_start(log)
         preemption = preemption or Preemption(t.preempt_signals)
         if preemption.agreed(self.control):
@@ -340,8 +371,10 @@ class Trainer:
         if scale is not None:
             record["loss_scale"] = scale
             record["skipped_steps"] = int(self.engine.skipped_steps)
-        if self.device.type == "cuda":
-            record["memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if self.peak_tflops:
+            achieved = record["tokens_per_s"] * self.flops_per_token / self.world
+            record["mfu"] = achieved / (self.peak_tflops * 1e12)
+        record["memory_gib"] = peak_memory_gib(self.device)
         return record
 
     @torch.no_grad()

@@ -40,6 +40,8 @@ import torch
 
 from data_prep.atomic import write_json
 from data_prep.errors import cli_main
+from pipeline.model.flops import step_flops_per_token
+from pipeline.model.masked_lm import Shape
 
 REPO = Path(__file__).resolve().parents[2]
 BERT_VOCAB = REPO / "tests" / "assets" / "bert-base-uncased"
@@ -47,12 +49,6 @@ SIZES = {
     "base": {"hidden": 768, "layers": 12, "heads": 12, "ffn": 3072},
     "tiny": {"hidden": 256, "layers": 4, "heads": 4, "ffn": 1024},
 }
-
-
-def flops_per_token(seq: int, d: int, layers: int, ffn: int, head_frac: float, vocab: int) -> float:
-    """As gpu_anchor.py: matmul FLOPs of one token's forward, LM head on ``head_frac`` of tokens."""
-    per_layer = 2 * (4 * d * d + 2 * d * ffn) + 4 * seq * d
-    return layers * per_layer + head_frac * 2 * (d * d + d * vocab)
 
 
 def matmul_peak(device: torch.device) -> float:
@@ -248,11 +244,12 @@ class Bench:
         self, case: str, seq: int, batch: int, elapsed: float, plan: Any, cfg: Any
     ) -> dict[str, Any]:
         s, vocab = SIZES[self.args.size], 30522
-        st = plan.student.config
-        s_flops = flops_per_token(seq, st.dim, st.n_layers, st.hidden_dim, 0.15, vocab)
-        t_flops = flops_per_token(seq, s["hidden"], s["layers"], s["ffn"], 0.15, vocab)
+        teacher = Shape(s["layers"], s["hidden"], s["heads"], s["ffn"])
         teacher_runs = case in ("distil", "distil_compiled", "plain")
-        useful = seq * batch * (3 * s_flops + (t_flops if teacher_runs else 0))
+        per_token = step_flops_per_token(
+            seq, Shape.of(plan.student.config), teacher, vocab, teacher_runs
+        )
+        useful = seq * batch * per_token
         mem = torch.cuda.max_memory_allocated() / 2**30 if self.gpu else 0.0
         return {
             "name": case, "seq": seq, "batch": batch,

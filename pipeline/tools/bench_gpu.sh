@@ -3,19 +3,18 @@
 #   1. install the carried wheels (deepspeed and the dependencies the GPU image lacks);
 #   2. the GPU test tier (tests/test_gpu.py: fp16/bf16 ZeRO-2 on CUDA with saves, exact resume,
 #      preemption, a 2 CPU -> 1 GPU world-size change into fused AdamW, the cache on CUDA);
-#   3. gpu_anchor.py (the team's baselines, carried in .gpu/) and python -m pipeline.tools.bench,
-#      on the same card;
+#   3. pipeline/tools/gpu_anchor.py (the baselines: the Hugging Face recipe and a careful
+#      hand-written loop) and python -m pipeline.tools.bench, on the same card;
 #   4. a short table of tokens/s, the ratios to hf_ref the performance issue asks for, and memory.
-# Prepare on the dev machine (wheels for the GPU image's Python 3.12, and the anchor script):
-#   echo /.whl/ >> .git/info/exclude; echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu
-#   cp <the team's shared bench folder>/gpu_anchor.py .gpu/
+# Prepare on the dev machine (wheels for the GPU image's Python 3.12):
+#   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl deepspeed hjson pydantic pydantic-core annotated-types typing-inspection \
 #       'typing-extensions>=4.16' pytest pytest-timeout msgpack ninja py-cpuinfo
 #   (deepspeed ships an sdist only: build its wheel here with `pip wheel --no-deps deepspeed -w .whl`)
-# Then, with the device tool: run(command="bash pipeline/tools/bench_gpu.sh", carry=[".whl", ".gpu"]).
-# Nothing here reads outside the repository: the anchor is .gpu/gpu_anchor.py or $ANCHOR.
+# Then, with the device tool: run(command="bash pipeline/tools/bench_gpu.sh", carry=[".whl"]).
+# Nothing here reads outside the repository: the anchor is pipeline/tools/gpu_anchor.py or $ANCHOR.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/distil-gpu}
@@ -30,8 +29,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 echo "== GPU tests"
 timeout 420 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests.txt"
 echo "== anchor"
-ANCHOR=${ANCHOR:-.gpu/gpu_anchor.py}
-[ -f "$ANCHOR" ] || { echo "no $ANCHOR: copy gpu_anchor.py into .gpu/ (see the header)" >&2; exit 2; }
+ANCHOR=${ANCHOR:-pipeline/tools/gpu_anchor.py}
+[ -f "$ANCHOR" ] || { echo "no $ANCHOR" >&2; exit 2; }
 timeout 240 python3 "$ANCHOR" --only peak,hf_ref,lean,lean_cached 2>&1 | grep '^{' | tee "$OUT/anchor.jsonl"
 echo "== pipeline.tools.bench"
 timeout 300 python3 -m pipeline.tools.bench --cases distil,distil_compiled,distil_cached,plain,loader \
