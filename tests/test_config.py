@@ -231,3 +231,23 @@ def test_a_bare_boolean_flag_is_true_and_takes_a_value_too() -> None:
     assert cfg.train.deterministic is False and cfg.model.compile is True
     cfg, _ = parse_config([*base, "--train.sample_log", "--max-steps", "3"])
     assert cfg.train.sample_log is True and cfg.train.max_steps == 3
+
+
+def test_setting_changes_name_the_shaping_settings_only() -> None:
+    import copy
+
+    from pipeline.config.changes import setting_changes
+
+    before = Config().to_dict()
+    after = copy.deepcopy(before)
+    after["optim"]["lr"] = 1.0
+    after["train"]["log_every"] = 3  # free to change between requeues
+    after["train"]["max_steps"] = 10  # the run's length: recorded, never refused
+    after["resolved"] = {"world_size": 8}
+    changes = setting_changes(before, after)
+    assert [(c.name, c.before, c.after, c.needs_consent) for c in changes] == [
+        ("optim.lr", 5e-4, 1.0, True),
+        ("train.max_steps", 0, 10, False),
+    ]
+    del after["loss"]["alpha_ce"]  # a field an earlier release did not have is not a change
+    assert [c.name for c in setting_changes(before, after)] == ["optim.lr", "train.max_steps"]

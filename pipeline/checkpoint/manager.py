@@ -139,7 +139,7 @@ class CheckpointManager:
         if not changes:
             return
         listed = "; ".join(map(str, changes))
-        if not self.cfg.allow_config_change:
+        if not self.cfg.allow_config_change and any(c.needs_consent for c in changes):
             raise UserError(
                 f"{found.path}: this run's settings differ from the checkpoint's: {listed}. Run "
                 "with the checkpoint's settings, or pass --train.allow_config_change true to "

@@ -2,8 +2,8 @@
 
 A checkpoint keeps the resolved config it was saved under (``config.yaml`` in its folder). On
 resume, :func:`setting_changes` compares it with this run's config over :data:`SHAPING`; the
-checkpoint layer refuses a resume with changes unless ``train.allow_config_change`` is set, and
-then records each change. Settings that do not change what is learned (logging, checkpoint
+checkpoint layer refuses a resume with changes unless ``train.allow_config_change`` is set (a
+change of the run's length alone, :data:`LENGTH`, is allowed), and records each change. Settings that do not change what is learned (logging, checkpoint
 cadence, paths, trackers, timeouts) are free to change between requeues.
 """
 
@@ -31,11 +31,21 @@ the learning rate and its schedule, the loss weights, the masking, the data orde
 cannot change at all.)"""
 
 
+LENGTH = ("train.max_steps", "train.epochs")
+"""A run's length: extending (or shortening) a run on requeue is what users do, so a change here
+is recorded and printed, never refused (it still moves the learning-rate schedule's end)."""
+
+
 @dataclass(frozen=True)
 class Change:
     name: str
     before: Any
     after: Any
+
+    @property
+    def needs_consent(self) -> bool:
+        """Refused unless ``train.allow_config_change``: every shaping change but the length."""
+        return self.name not in LENGTH
 
     def __str__(self) -> str:
         return f"{self.name} {self.before!r} -> {self.after!r}"
