@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from data_prep.errors import UserError, cli_main
+from data_prep.flags import HelpFormatter
 from data_prep.manifest import DataManifest, manifest_path
 from data_prep.packing import PACK_MODES
 from data_prep.prep_plan import PrepSettings, finalize, load_or_write_plan
@@ -43,18 +44,32 @@ def _default_workers() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m data_prep.build_shards", description=__doc__.split("\n")[0]
+        prog="python -m data_prep.build_shards",
+        description=__doc__.split("\n")[0],
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--input",
         nargs="+",
-        default=[],
         metavar="SRC",
-        help="files, globs, save_to_disk folders or hf:NAME[:CONFIG]",
+        help="files, globs, save_to_disk folders or hf:NAME[:CONFIG] (required unless --finalize)",
     )
-    p.add_argument("--tokenizer", help="Hugging Face tokenizer folder or SentencePiece .model")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence, [CLS] and [SEP] included")
-    p.add_argument("--output", required=True, help="DATA_DIR")
+    p.add_argument(
+        "--tokenizer",
+        help="the teacher's tokenizer: a Hugging Face folder or hub ID, or a SentencePiece .model "
+        "(required unless --finalize)",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        help="tokens per sequence, [CLS] and [SEP] included (required unless --finalize)",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="DATA_DIR",
+        help="the folder to write: train/ and valid/ shards, manifest.json",
+    )
     p.add_argument(
         "--workers",
         type=int,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from data_prep.atomic import atomic_dir, check_output_dir
 from data_prep.errors import UserError, cli_main
+from data_prep.flags import HelpFormatter
 from data_prep.sources import DocStats, ReadOptions, iter_documents, plan_units
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -95,28 +96,55 @@ def train_sentencepiece(texts: Iterator[str], out: Path, vocab_size: int) -> Non
     )
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m data_prep.train_tokenizer", description=__doc__.split("\n")[0]
+        prog="python -m data_prep.train_tokenizer",
+        description=__doc__.split("\n")[0],
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--input", nargs="+", required=True, metavar="SRC")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="SRC",
+        help="files, globs, save_to_disk folders or hf:NAME[:CONFIG], read as build_shards reads them",
+    )
     p.add_argument("--output", required=True, help="folder to write the tokenizer to")
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an earlier tokenizer of this command in --output (nothing else is replaced)",
     )
-    p.add_argument("--kind", choices=("wordpiece", "sentencepiece"), default="wordpiece")
-    p.add_argument("--vocab-size", type=int, default=30522)
+    p.add_argument(
+        "--kind",
+        choices=("wordpiece", "sentencepiece"),
+        default="wordpiece",
+        help="wordpiece: a Hugging Face folder (BERT's normalisation and special tokens); "
+        "sentencepiece: OUT/spm.model (unigram)",
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=30522, help="entries of the vocabulary, specials included"
+    )
     p.add_argument(
         "--cased",
         action="store_true",
         help="keep case and accents (default: lowercase, like bert-base-uncased)",
     )
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--max-docs", type=int, default=None, help="train on the first N documents only")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--text-field", default="text", help="the text field of jsonl / parquet / datasets rows"
+    )
+    p.add_argument(
+        "--max-docs",
+        type=int,
+        default=None,
+        help="train on the first N documents only (default: all)",
+    )
+    return p
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.vocab_size < len(SPECIAL_TOKENS) + 10:
         raise UserError(f"--vocab-size {args.vocab_size} is too small")
     out = Path(args.output)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.errors import cli_main
+from data_prep.flags import HelpFormatter
 from data_prep.indexed import (
     IndexedReader,
     ShardError,
@@ -339,14 +340,20 @@ def verify(data_dir: Path, quick: bool = False) -> Report:
     return report
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m data_prep.verify", description=__doc__.split("\n")[0]
+        prog="python -m data_prep.verify",
+        description=__doc__.split("\n")[0],
+        formatter_class=HelpFormatter,
     )
     p.add_argument("data_dir", metavar="DATA_DIR", help="the --output folder of build_shards")
     p.add_argument("--quick", action="store_true", help="skip the sha256 of every file")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     data_dir = Path(args.data_dir)
     report = verify(data_dir, quick=args.quick)
     checked = (

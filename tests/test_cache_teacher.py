@@ -88,7 +88,7 @@ def build(data: Path, teacher: Path, out: Path, *extra: Any) -> None:
             str(data),
             "--teacher",
             str(teacher),
-            "--out",
+            "--output",
             str(out),
             "--quiet",
             *map(str, extra),
@@ -186,7 +186,7 @@ def test_format_size_estimate_and_stored_values(
             str(tiny_data),
             "--teacher",
             str(teacher),
-            "--out",
+            "--output",
             str(top8_cache),
             "--top-k",
             "8",
@@ -353,7 +353,7 @@ def test_two_ranks_write_the_bytes_of_one(tiny_data: Path, teacher: Path, tmp_pa
     ]
     env = train_env()  # one thread per process in both runs: the same kernels
     one = subprocess.run(
-        [str(VENV_BIN / "python"), *args, "--out", str(tmp_path / "one")],
+        [str(VENV_BIN / "python"), *args, "--output", str(tmp_path / "one")],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -362,7 +362,7 @@ def test_two_ranks_write_the_bytes_of_one(tiny_data: Path, teacher: Path, tmp_pa
     )
     check_ok(one)
     two = subprocess.run(
-        [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args, "--out", str(tmp_path / "two")],
+        [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args, "--output", str(tmp_path / "two")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     check_ok(two)
@@ -404,6 +404,12 @@ def test_mismatched_cache_is_refused(
             assert (
                 "python -m pipeline.cache_teacher" in message and "--top-k 8 --views 2" in message
             )
+            # the rebuild command speaks the current flags: the config's own dotted names
+            assert all(
+                flag in message
+                for flag in ("--output NEW_CACHE_DIR", "--train.seed ", "--loss.temperature ",
+                             "--masking.mlm_probability ", "--masking.smoothing ")
+            ) and "--out " not in message and "--seed " not in message, message  # fmt: skip
     # Another data set (here: the same shards under another manifest) and an unfinished cache.
     data2 = tmp_path / "data2"
     shutil.copytree(tiny_data, data2)
@@ -578,7 +584,7 @@ def test_a_failing_rank_stops_the_others(tiny_data: Path, teacher: Path, tmp_pat
         str(teacher),
         "--top-k",
         "8",
-        "--out",
+        "--output",
         str(tmp_path / "cache"),
     ]
     result = subprocess.run(

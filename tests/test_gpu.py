@@ -132,7 +132,7 @@ def test_teacher_cache_on_cuda_then_training_from_it(
     cache = tmp_path / "cache"
     built = subprocess.run(
         [sys.executable, "-m", "pipeline.cache_teacher", "--data", str(small_data_dir),
-         "--teacher", str(tiny_teacher), "--out", str(cache), "--top-k", "16", "--quiet"],
+         "--teacher", str(tiny_teacher), "--output", str(cache), "--top-k", "16", "--quiet"],
         cwd=REPO, env=train_env(CUDA), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]

@@ -100,7 +100,7 @@ def test_cache_teacher_and_evaluate_take_ids(
 
     go_offline(monkeypatch, hub_cache)
     args = cache_job.build_parser().parse_args(
-        ["--data", str(small_data_dir), "--teacher", TEACHER_ID, "--out", str(tmp_path / "c"),
+        ["--data", str(small_data_dir), "--teacher", TEACHER_ID, "--output", str(tmp_path / "c"),
          "--top-k", "8"]
     )  # fmt: skip
     job = cache_job.resolve(args, torch.device("cpu"))

@@ -170,7 +170,7 @@ def test_a_blend_trains_in_its_order_and_resumes_exactly_from_a_cache(
     blend = [f"0.25:{small_data_dir}", f"0.75:{second_data_dir}"]
     cache = tmp_path / "cache"
     cache_teacher(["--data", str(small_data_dir), str(second_data_dir), "--teacher",
-                   str(tiny_teacher), "--out", str(cache), "--top-k", "4000", "--values",
+                   str(tiny_teacher), "--output", str(cache), "--top-k", "4000", "--values",
                    "fp32", "--quiet"])  # fmt: skip
     common = {"--max-steps": 6, "--loss.alpha_cos": 0, "--save-every": 3, "--data": None}
     online, cached = tmp_path / "online", tmp_path / "cached"

@@ -379,7 +379,7 @@ def test_cache_teacher_requeues_on_its_signal_and_completes(
     local = tmp_path / "local"
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.cache_teacher", "--data", str(small_data_dir),
-         "--teacher", str(teacher), "--out", str(local), "--top-k", "8", "--quiet"],
+         "--teacher", str(teacher), "--output", str(local), "--top-k", "8", "--quiet"],
         cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

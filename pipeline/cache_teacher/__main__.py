@@ -1,13 +1,14 @@
 """Run the teacher once over the training data and cache its logits at the masked positions.
 
-    python -m pipeline.cache_teacher --data DATA_DIR --teacher TEACHER_DIR --out CACHE_DIR \\
+    python -m pipeline.cache_teacher --data DATA_DIR --teacher TEACHER_DIR --output CACHE_DIR \\
         --top-k K [--views V] [--values fp16|fp32]          # top-k log-probs (default mode)
     python -m pipeline.cache_teacher ... --mode sample --samples N [--views V]   # RS-KD sampling
 
-The masks are the trainer's (``--seed``, the masking flags or ``--config RECIPE`` must be the
-training run's; the trainer checks them). For every train sequence and every view ``v < V`` the
-teacher (fp16 on a GPU, fp32 or bf16 on a CPU, ``--dtype``) scores the masked positions only, and
-the cache keeps K ids and values per position: see :mod:`pipeline.cache_teacher.format` for the format.
+The masks are the trainer's (``--config RECIPE`` and the training-config flags ``--train.seed``,
+``--masking.*``, ``--loss.temperature`` must give the training run's; the trainer checks them).
+For every train sequence and every view ``v < V`` the teacher (fp16 on a GPU, fp32 or bf16 on a
+CPU, ``--model.teacher_dtype``) scores the masked positions only, and the cache keeps K ids and
+values per position: see :mod:`pipeline.cache_teacher.format` for the format.
 
 Parallel: under torchrun / srun / mpirun / the deepspeed launcher, rank r of W takes train shards
 r, r+W, ...; the bytes written never depend on W. Restartable: each shard is written under
@@ -82,7 +83,7 @@ def _check_room(job: Job, todo: list[int], rows: int, group: ControlGroup, main:
     if total_need > min_free:
         raise UserError(
             f"{job.out}: the cache needs {human_bytes(total_need)} but only {human_bytes(min_free)} "
-            "is free there; free space, pick another --out, or lower --top-k / --samples / --views"
+            "is free there; free space, pick another --output, or lower --top-k / --samples / --views"
         )
 
 

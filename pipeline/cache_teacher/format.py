@@ -188,16 +188,16 @@ def rebuild_command(
     """The cache_teacher command that builds a cache for these run settings."""
     parts = [
         "python -m pipeline.cache_teacher",
-        f"--data {data} --teacher {teacher} --out NEW_CACHE_DIR",
+        f"--data {data} --teacher {teacher} --output NEW_CACHE_DIR",
         (
             f"--mode sample --samples {settings['samples']}"
             if settings.get("mode") == "sample"
             else f"--top-k {settings.get('k')}"
         ),
-        f"--views {settings.get('num_views')} --seed {seed} --temperature {temperature}",
+        f"--views {settings.get('num_views')} --train.seed {seed} --loss.temperature {temperature}",
     ]
     for name in ("mlm_probability", "mask_fraction", "random_fraction", "smoothing"):
-        parts.append(f"--{name.replace('_', '-')} {masking.get(name)}")
+        parts.append(f"--masking.{name} {masking.get(name)}")
     return " ".join(parts)
 
 

@@ -6,25 +6,30 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
+import textwrap
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from data_prep.errors import UserError
+from data_prep.flags import HelpFormatter, renamed
 from data_prep.hub import ModelRef, resolve_ref
 from data_prep.indexed import IndexedReader
 from data_prep.manifest import DataManifest, ShardEntry
 from data_prep.restartable import RestartableJob
 from data_prep.tokenizer import check_model_tokenizer
 from pipeline.cache_teacher import format as tc
-from pipeline.config.cli import apply_overrides, load_recipe
+from pipeline.config.cli import _parse_value, apply_overrides, field_docs, load_recipe, type_name
 from pipeline.config.schema import Config, MaskingConfig, check_masking
 from pipeline.config.sources import parse_sources
 from pipeline.data.corpus import Corpus
 from pipeline.data.masking import MaskingSpec, masking_spec
-from pipeline.model.masked_lm import DTYPES, check_model_fits, teacher_dtype_name
+from pipeline.model.masked_lm import check_model_fits, teacher_dtype_name
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -85,13 +90,71 @@ class Job:
         }
 
 
+# The training-config fields the job reads (they decide the masks and the cached values, and how
+# the teacher runs): each is a flag spelled as the field, with the schema's type, default and doc.
+RUN_FIELDS = (
+    "train.seed",
+    "loss.temperature",
+    "masking.mlm_probability",
+    "masking.mask_fraction",
+    "masking.random_fraction",
+    "masking.smoothing",
+    "model.teacher_dtype",
+    "model.attn_implementation",
+)
+# Old spellings, accepted (with a note on stderr) until the next release.
+RENAMED = {
+    "--out": "--output",
+    "--seed": "--train.seed",
+    "--temperature": "--loss.temperature",
+    "--mlm-probability": "--masking.mlm_probability",
+    "--mask-fraction": "--masking.mask_fraction",
+    "--random-fraction": "--masking.random_fraction",
+    "--smoothing": "--masking.smoothing",
+    "--dtype": "--model.teacher_dtype",
+    "--attn": "--model.attn_implementation",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Takes the old spellings (:data:`RENAMED`) too, whoever calls ``parse_args``."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        argv = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(renamed(argv, RENAMED, self.prog), namespace)
+
+
+def config_field(dotted: str) -> tuple[Any, Any, str]:
+    """(type, default, docstring) of the training-config field ``section.name``."""
+    section, _, name = dotted.partition(".")
+    cls = typing.get_type_hints(Config)[section]
+    default = getattr(getattr(Config(), section), name)
+    return typing.get_type_hints(cls)[name], default, field_docs(cls).get(name, "")
+
+
+def _value_parser(hint: Any) -> Callable[[str], Any]:
+    """A command-line value of a field of type ``hint``, read as ``pipeline.train`` reads it."""
+
+    def parse(text: str) -> Any:
+        try:
+            return _parse_value(text, hint, "")
+        except UserError:
+            raise ValueError(text) from None  # argparse: "invalid float value: 'x'"
+
+    parse.__name__ = type_name(hint)
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = Config()
-    m, loss, train = defaults.masking, defaults.loss, defaults.train
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m pipeline.cache_teacher",
         description="Run the teacher once over the training data and cache its logits at the "
         "masked positions.",
+        formatter_class=HelpFormatter,
+        epilog="old spellings, accepted until the next release:\n"
+        + "\n".join(f"  {old:<18} {new}" for old, new in RENAMED.items()),
     )
     p.add_argument(
         "--data",
@@ -100,9 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run's order; weights, if given as W:DIR, do not matter to the cache)",
     )
     p.add_argument("--teacher", help="the teacher: a Hugging Face masked-LM folder or hub ID")
-    p.add_argument("--out", required=True, help="CACHE_DIR")
+    p.add_argument("--output", required=True, metavar="CACHE_DIR", help="the cache folder to write")
     p.add_argument(
-        "--mode", choices=tc.MODES, default="topk", help="topk (default) or sample (RS-KD)"
+        "--mode",
+        choices=tc.MODES,
+        default="topk",
+        help="topk: the K most likely ids and log-probs; sample: N draws (RS-KD)",
     )
     p.add_argument("--top-k", type=int, help="top-k mode: tokens kept per masked position")
     p.add_argument(
@@ -112,53 +178,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--values", choices=tuple(tc.VALUE_DTYPES), default="fp16", help="top-k log-prob storage"
     )
-    p.add_argument("--config", help="training recipe YAML: seed, temperature and masking from it")
-    p.add_argument("--seed", type=int, help=f"the training run's train.seed (default {train.seed})")
     p.add_argument(
-        "--temperature", type=float, help=f"loss.temperature T (default {loss.temperature})"
+        "--config",
+        metavar="RECIPE",
+        help="the training run's recipe (a YAML file or a shipped recipe's name): the fields "
+        "below come from it unless given as flags",
     )
-    for name in ("mlm_probability", "mask_fraction", "random_fraction", "smoothing"):
-        p.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            type=float,
-            help=f"masking.{name} (default {getattr(m, name)})",
-        )
     p.add_argument("--batch-size", type=int, default=64, help="sequences per teacher forward")
-    p.add_argument(
-        "--dtype",
-        choices=("auto", *DTYPES),
-        default="auto",
-        help="teacher dtype; auto: fp16 on GPU, fp32 on CPU",
-    )
-    p.add_argument("--attn", default="sdpa", help="attention implementation of the teacher")
     p.add_argument(
         "--finalize",
         action="store_true",
         help="only check every shard is done and write manifest.json (pass the same arguments)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    run = p.add_argument_group(
+        "training-config fields",
+        textwrap.fill(
+            "The training run's settings, spelled as its config fields (pipeline.train --help); "
+            "the schema's default < the --config recipe < these flags.",
+            initial_indent="  ",
+            subsequent_indent="  ",
+        ),
+    )
+    for dotted in RUN_FIELDS:
+        hint, default, doc = config_field(dotted)
+        kind: dict[str, Any] = (
+            {"choices": typing.get_args(hint)}
+            if typing.get_origin(hint) is Literal
+            else {"type": _value_parser(hint), "metavar": type_name(hint).upper()}
+        )
+        run.add_argument(
+            f"--{dotted}",
+            dest=dotted,
+            default=None,  # unset: the recipe's value, else the schema's default
+            help=f"{doc} (default: the --config recipe's, else {default})".replace("%", "%%"),
+            **kind,
+        )
     return p
 
 
-def _run_settings(args: argparse.Namespace) -> Config:
-    """The training run's seed, temperature and masking: the defaults, then --config, then the
+def run_config(args: argparse.Namespace) -> Config:
+    """The training run's settings (:data:`RUN_FIELDS`): the defaults, then --config, then the
     flags, checked by the rules training uses."""
     cfg = Config()
     if args.config:
-        recipe = load_recipe(args.config)
-        apply_overrides(
-            cfg, {k: v for k, v in recipe.items() if k in ("loss", "masking", "train")}, args.config
-        )
-    if args.seed is not None:
-        cfg.train.seed = args.seed
-    if args.temperature is not None:
-        cfg.loss.temperature = args.temperature
-    for name in ("mlm_probability", "mask_fraction", "random_fraction", "smoothing"):
-        if getattr(args, name) is not None:
-            setattr(cfg.masking, name, getattr(args, name))
+        apply_overrides(cfg, load_recipe(args.config), args.config)
+    given = {dotted: getattr(args, dotted, None) for dotted in RUN_FIELDS}
+    apply_overrides(cfg, {k: v for k, v in given.items() if v is not None}, "command line")
     if cfg.loss.temperature <= 0:
-        raise UserError("--temperature must be positive")
+        raise UserError("--loss.temperature must be positive")
     check_masking(cfg.masking)
     return cfg
 
@@ -194,7 +262,7 @@ def resolve(args: argparse.Namespace, device: torch.device, teacher: ModelRef | 
         raise UserError("--views must be at least 1")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    run = _run_settings(args)
+    run = run_config(args)
     seed, temperature = run.train.seed, run.loss.temperature
     if not (teacher_dir / "config.json").is_file():
         raise UserError(f"{teacher_dir}: not a Hugging Face model folder (no config.json)")
@@ -204,7 +272,7 @@ def resolve(args: argparse.Namespace, device: torch.device, teacher: ModelRef | 
     teacher_vocab = int(teacher_config.vocab_size)
     if k > teacher_vocab:
         raise UserError(f"--top-k {k} is more than the teacher's vocabulary of {teacher_vocab}")
-    dtype = teacher_dtype_name(args.dtype, device)
+    dtype = teacher_dtype_name(run.model.teacher_dtype, device)
     spec = masking_spec(manifest, run.masking)
     teacher_fp = tc.teacher_fingerprint(teacher_dir)
     settings: dict[str, Any] = {
@@ -221,7 +289,7 @@ def resolve(args: argparse.Namespace, device: torch.device, teacher: ModelRef | 
     return Job(
         corpus=corpus,
         teacher=teacher,
-        out=Path(args.out),
+        out=Path(args.output),
         manifest=manifest,
         masking=run.masking,
         seed=seed,
@@ -232,7 +300,7 @@ def resolve(args: argparse.Namespace, device: torch.device, teacher: ModelRef | 
         ),
         teacher_files=teacher_fp["files"],
         batch_size=args.batch_size,
-        attn=args.attn,
+        attn=run.model.attn_implementation,
         dtype=dtype,
     )
 

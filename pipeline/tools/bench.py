@@ -168,8 +168,8 @@ class Bench:
         from pipeline.cache_teacher.__main__ import main as cache_teacher
 
         cache_teacher([
-            "--data", cfg.data.data[0], "--teacher", cfg.model.teacher, "--out", cfg.data.teacher_cache,
-            "--top-k", "32", "--views", "1", "--seed", str(cfg.train.seed),
+            "--data", cfg.data.data[0], "--teacher", cfg.model.teacher, "--output", cfg.data.teacher_cache,
+            "--top-k", "32", "--views", "1", "--train.seed", str(cfg.train.seed),
         ])  # fmt: skip
 
     def run_case(self, case: str, seq: int, batch: int) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.errors import UserError, cli_main
+from data_prep.flags import HelpFormatter, renamed
 
 REPO = Path(__file__).resolve().parents[2]
 AUSTEN = REPO / "data_prep" / "corpus" / "austen"
@@ -106,7 +107,7 @@ def cache_figures(data: Path, teacher: Path, out: Path, *mode: str) -> dict[str,
         data,
         "--teacher",
         teacher,
-        "--out",
+        "--output",
         out,
         "--quiet",
         *mode,
@@ -166,25 +167,35 @@ def train(
     return steps_per_s(run, data)
 
 
+PROG = "python -m pipeline.tools.bench_cache"
+RENAMED = {"--batch": "--batch-size"}  # old spellings, accepted until the next release
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.tools.bench_cache", description=__doc__.split("\n")[0]
+        prog=PROG,
+        description=__doc__.split("\n")[0],
+        formatter_class=HelpFormatter,
+        epilog="old spellings, accepted until the next release: --batch (--batch-size)",
     )
     p.add_argument("--steps", type=int, default=30, help="training steps per run")
-    p.add_argument("--batch", type=int, default=16, help="global batch (sequences)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="global batch of the training runs (sequences)"
+    )
     p.add_argument("--repeats", type=int, default=2, help="runs of each training variant")
     p.add_argument("--ks", type=int, nargs="+", default=[8, 32, 128], help="top-k sizes to build")
     p.add_argument("--train-k", type=int, default=32, help="the cache the training run reads")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--teacher-layers", type=int, default=6)
-    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence of the shards")
+    p.add_argument("--teacher-layers", type=int, default=6, help="layers of the random teacher")
+    p.add_argument("--hidden", type=int, default=256, help="hidden size of the random teacher")
     p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
     return p
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(renamed(argv, RENAMED, PROG))
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -212,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         best: dict[str, tuple[float, float, float]] = {}
         for r in range(args.repeats):
             for name, cache in (("online", None), (f"cache_k{args.train_k}", caches[args.train_k])):
-                got = train(data, teacher, work / f"run_{name}_{r}", args.steps, args.batch, cache)
+                got = train(
+                    data, teacher, work / f"run_{name}_{r}", args.steps, args.batch_size, cache
+                )
                 if got[0] > best.get(name, (0.0, 0.0, 0.0))[0]:
                     best[name] = got
         base, base90 = best["online"][:2]
@@ -226,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                 "speedup_vs_online": round(sps / base, 3),
                 "speedup_vs_online_p90": round(p90 / base90, 3),
                 "steps": args.steps,
-                "global_batch": args.batch,
+                "global_batch": args.batch_size,
                 **common,
             }
             print(json.dumps(record), flush=True)

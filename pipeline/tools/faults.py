@@ -480,12 +480,12 @@ class Campaign:
                "--batch-size", "8", "--quiet"]  # fmt: skip
         ref = self.work / "cache_reference"
         if not (ref / "manifest.json").is_file():
-            self.timed("cache", lambda: self.check(self.run([*cmd, "--out", str(ref)])))
+            self.timed("cache", lambda: self.check(self.run([*cmd, "--output", str(ref)])))
         at = self.moment("cache", rng)
-        code, _ = self.strike([*cmd, "--out", str(run)], at,
+        code, _ = self.strike([*cmd, "--output", str(run)], at,
                               lambda pid: os.killpg(pid, signal.SIGKILL))  # fmt: skip
         done = len(list(run.rglob("*.done.json"))) if run.is_dir() else 0
-        rerun = self.run([*cmd, "--out", str(run)])
+        rerun = self.run([*cmd, "--output", str(run)])
         same = rerun.returncode == 0 and tree_digest(run) == tree_digest(ref)
         return Outcome("teacher cache killed", seed, f"{at:.1f} s, {done} shard(s) done"
                        + (" (it had finished)" if code == 0 else ""),

@@ -1,6 +1,6 @@
 """Inference throughput of a masked LM on this machine: sequences per second at a fixed shape.
 
-    python -m pipeline.tools.speed --model HF_DIR [--batch 32] [--seq-len 128] [--seconds 10]
+    python -m pipeline.tools.speed --model HF_DIR [--batch-size 32] [--seq-len 128] [--seconds 10]
 
 What distillation is for: the demo measures teacher and student with the same call, twice: the
 encoder alone (what a fine-tuned classifier or an embedding model runs) and with the MLM head
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from data_prep.errors import UserError, cli_main
+from data_prep.flags import HelpFormatter, renamed
 from data_prep.hub import resolve
 
 
@@ -63,21 +65,40 @@ def throughput(
     }
 
 
+PROG = "python -m pipeline.tools.speed"
+RENAMED = {"--batch": "--batch-size"}  # old spellings, accepted until the next release
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        epilog="old spellings, accepted until the next release: --batch (--batch-size)",
+    )
+    p.add_argument("--model", required=True, help="a Hugging Face model folder or hub ID")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (no padding)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="time budget of the measured batches (at least three run)",
+    )
+    p.add_argument("--mlm-head", action="store_true", help="time the MLM logits too")
+    return p
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.tools.speed", description=__doc__)
-    p.add_argument("--model", required=True, help="a Hugging Face model folder or hub ID")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--mlm-head", action="store_true", help="time the MLM logits too")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(renamed(argv, RENAMED, PROG))
     args.model = resolve(args.model, "--model")
     if not (args.model / "config.json").is_file():
         raise UserError(
             f"--model {args.model}: no config.json there; give a Hugging Face model folder"
         )
-    result = throughput(args.model, args.batch, args.seq_len, args.seconds, args.mlm_head)
+    result = throughput(args.model, args.batch_size, args.seq_len, args.seconds, args.mlm_head)
     print(json.dumps(result, indent=1))
 
 
