@@ -66,7 +66,7 @@ def test_evaluate_matches_the_trainers_validation(
     # An exported folder evaluates the same as its run folder.
     hf = tmp_path / "hf"
     check = subprocess.run(
-        [sys.executable, "-m", "pipeline.export", "--run", str(short_run), "--out", str(hf)],
+        [sys.executable, "-m", "pipeline.export", "--run", str(short_run), "--output", str(hf)],
         cwd=REPO,
         env=train_env(),
         capture_output=True,

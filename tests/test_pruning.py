@@ -185,7 +185,7 @@ def test_a_pruned_run_reports_what_it_kept_and_a_requeue_reuses_the_calibration(
     assert "pruning: reused the importance scores of 24 sequences" in again.stdout
     assert "global_step4" in again.stdout and scores.read_bytes() == body
     out = tmp_path / "hf"
-    export = subprocess.run([sys.executable, "-m", "pipeline.export", "--run", str(run), "--out", str(out)],
+    export = subprocess.run([sys.executable, "-m", "pipeline.export", "--run", str(run), "--output", str(out)],
                             cwd=REPO, env=train_env(), capture_output=True, text=True)  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
     card = (out / "README.md").read_text()

@@ -45,7 +45,7 @@ def _one_error(result: subprocess.CompletedProcess[str], prog: str) -> str:
 
 
 def _export(run: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "pipeline.export", "--run", str(run), "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "pipeline.export", "--run", str(run), "--output", str(out), *extra]
     return subprocess.run(cmd, cwd=REPO, env=train_env(), capture_output=True, text=True)
 
 

@@ -1,9 +1,17 @@
 """The model card (README.md) of an exported model: what it is, how it was made, how well it does.
 
-Everything comes from the run folder: ``config.yaml`` (the teacher or model as the user named it,
-the recipe, the resolved batch layout), the checkpoint's commit record (step, samples seen, the
-data and tokenizer fingerprints the run checked) and ``metrics.jsonl`` (the last validation at or
-before the exported step). Nothing is measured here; figures the run does not have are not shown.
+Everything comes from the run: its resolved config (the checkpoint's ``config.yaml``, or the run
+folder's: the teacher or model as the user named it, the recipe, the resolved batch layout), the
+checkpoint's commit record (step, samples seen, the data and tokenizer fingerprints the run
+checked) and ``metrics.jsonl`` (the last validation at or before the exported step). Nothing is
+measured here; figures the run does not have are not shown.
+
+The card opens with the hub's metadata (YAML front matter written by huggingface_hub's
+``ModelCardData``): ``base_model`` (the teacher, or the model MLM training started from, when it is
+a hub ID), ``license`` (the teacher's, when its card or config names one), ``datasets`` (the hub
+datasets of ``hf:`` data sources), ``library_name``, ``pipeline_tag`` and tags. The card names
+no path of the machine it was made on: a folder is shown by its last component, a hub model or
+dataset by its ID.
 """
 
 from __future__ import annotations
@@ -12,10 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from data_prep.hub import is_hub_id
+from pipeline.config.sources import parse_sources
 from pipeline.model.masked_lm import count_parameters, num_layers
 from pipeline.model.selection import PRUNING_DIR, REPORT_FILE
+from pipeline.publish.card_results import eval_results, results_table
 
 
 def last_validation(run_dir: Path, step: int) -> dict[str, Any] | None:
@@ -57,16 +66,16 @@ def _recipe(cfg: dict[str, Any], distilling: bool) -> str:
     )
 
 
-def _evaluation(record: dict[str, Any] | None, run_dir: Path, data: str) -> list[str]:
+def _evaluation(record: dict[str, Any] | None) -> list[str]:
     if record is None:
         return [
-            f"The run logged no validation before this step ({run_dir}/metrics.jsonl). Measure "
-            f"it with `python -m pipeline.evaluate --model THIS_FOLDER --data {data}`."
+            "The run logged no validation before this step (its metrics.jsonl). Measure it with "
+            "`python -m pipeline.evaluate --model THIS_FOLDER --data DATA_DIR`."
         ]
     e = record["eval"]
     lines = [
         f"Held-out masked-LM figures from the run's last validation (step {record['step']}, "
-        f"{int(e['masked_tokens']):,} masked tokens of the valid split; {run_dir}/metrics.jsonl):",
+        f"{int(e['masked_tokens']):,} masked tokens of the valid split; the run's metrics.jsonl):",
         "",
         "| metric | value |",
         "|---|---|",
@@ -120,21 +129,152 @@ def _pruning(run_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
-def model_card(run_dir: Path, model: Any, step: int, commit: dict[str, Any], location: str) -> str:
-    """README.md of the export of ``run_dir`` at ``step`` (``commit``: its COMMIT.json) that will
-    live at ``location``."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+def shown(name: str) -> str:
+    """A model or folder as the card shows it: a hub ID as it is, a path by its last component."""
+    path = Path(name)
+    return path.name or path.resolve().name or name
+
+
+def hub_model(cfg: dict[str, Any], role: str) -> tuple[str, str | None] | None:
+    """The hub ID and revision of the run's ``role`` model (``teacher`` or ``model``); None when
+    it is a local folder or file (or the run has none)."""
+    name = cfg["model"].get(role)
+    if not name:
+        return None
+    ref = cfg.get("resolved", {}).get(role)
+    if isinstance(ref, dict):  # the run resolved it: a hub ID came from a hub cache snapshot
+        return (str(name), ref.get("revision")) if ref.get("revision") else None
+    # a run of an earlier release kept no resolution: an ID-shaped name that is no path here
+    return (str(name), None) if is_hub_id(str(name)) and not Path(name).exists() else None
+
+
+def model_license(cfg: dict[str, Any], role: str) -> str | None:
+    """The licence the run's ``role`` model's own card (or config.json) names, if it has one."""
+    ref = cfg.get("resolved", {}).get(role)
+    name = ref.get("path") if isinstance(ref, dict) else cfg["model"].get(role)
+    folder = Path(name) if name else None
+    if folder is None or not folder.is_dir():
+        return None
+    found: Any = None
+    try:
+        if (folder / "README.md").is_file():
+            from huggingface_hub import ModelCard
+
+            found = ModelCard.load(folder / "README.md", ignore_metadata_errors=True).data.license
+        if not found and (folder / "config.json").is_file():
+            found = json.loads((folder / "config.json").read_text()).get("license")
+    except Exception:  # a card or config that cannot be read names no licence
+        return None
+    return str(found) if found else None
+
+
+def hub_datasets(inputs: list[str]) -> list[str]:
+    """The hub dataset IDs among data-prep inputs (``hf:NAME[:CONFIG]``; not local folders)."""
+    found: list[str] = []
+    for spec in inputs:
+        if not spec.startswith("hf:"):
+            continue
+        name = spec[3:].partition(":")[0]
+        if is_hub_id(name) and not Path(name).is_dir() and name not in found:
+            found.append(name)
+    return found
+
+
+def data_inputs(data_dirs: list[str]) -> list[str]:
+    """The data-prep inputs of the run's DATA_DIRs (their manifests' settings), where readable."""
+    inputs: list[str] = []
+    for data_dir in data_dirs:
+        try:
+            manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+            inputs += [str(i) for i in manifest.get("settings", {}).get("inputs", [])]
+        except (OSError, ValueError, AttributeError):  # moved or unreadable: unknown sources
+            continue
+    return inputs
+
+
+def card_data(
+    cfg: dict[str, Any], data_dirs: list[str], name: str = "", results: list[Any] | None = None
+) -> Any:
+    """The hub metadata of the card (huggingface_hub's ``ModelCardData``); with ``results``
+    (``EvalResult`` entries), the model-index of ``name``."""
+    from huggingface_hub import ModelCardData
+
+    teacher = bool(cfg["model"].get("teacher"))
+    role = "teacher" if teacher else "model"
+    base = hub_model(cfg, role)
+    tags = ["distil", "masked-lm"] + (["distillation", "knowledge-distillation"] if teacher else [])
+    return ModelCardData(
+        base_model=base[0] if base else None,
+        license=model_license(cfg, role),
+        datasets=hub_datasets(data_inputs(data_dirs)) or None,
+        library_name="transformers",
+        pipeline_tag="fill-mask",
+        tags=tags,
+        model_name=name.rsplit("/", 1)[-1] if results else None,
+        eval_results=results or None,
+    )
+
+
+def _named(cfg: dict[str, Any], role: str) -> str:
+    """The run's ``role`` model in the card: its hub ID (and revision) or its folder's name."""
+    hub = hub_model(cfg, role)
+    if hub is None:
+        return f"`{shown(str(cfg['model'][role]))}`"
+    return f"`{hub[0]}`" + (f" (revision `{hub[1][:12]}`)" if hub[1] else "")
+
+
+def _use(name: str, local: bool) -> list[str]:
+    where = "# the folder's path" if local else "# from the hub"
+    return [
+        "```python",
+        "from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline",
+        "",
+        f"name = {json.dumps(name)}  {where}",
+        "tokenizer = AutoTokenizer.from_pretrained(name)",
+        "model = AutoModelForMaskedLM.from_pretrained(name)",
+        'inputs = tokenizer(f"It was a {tokenizer.mask_token} day.", return_tensors="pt")',
+        "logits = model(**inputs).logits  # (1, tokens, vocabulary)",
+        "",
+        'fill = pipeline("fill-mask", model=name)',
+        'print(fill(f"It was a {fill.tokenizer.mask_token} day."))',
+        "```",
+    ]
+
+
+def model_card(
+    run_dir: Path,
+    cfg: dict[str, Any],
+    model: Any,
+    step: int,
+    commit: dict[str, Any],
+    name: str,
+    hub: bool = False,
+    results: dict[str, Any] | None = None,
+    teacher_results: dict[str, Any] | None = None,
+) -> str:
+    """README.md of the export of ``run_dir`` at ``step`` (``cfg``: the resolved config it was
+    saved under; ``commit``: its COMMIT.json), named ``name``: its hub repository ID (``hub``)
+    or its folder's name. ``results`` / ``teacher_results``: files of ``pipeline.evaluate
+    --json`` for this model and its teacher (the model-index and a table side by side)."""
+    from huggingface_hub import ModelCard
+
     resolved = cfg.get("resolved", {})
     teacher = cfg["model"]["teacher"]
     data, t = cfg["data"], cfg["train"]
     # one DATA_DIR, or a blend of WEIGHT:DIR (older runs wrote a single string)
-    sources = " ".join(data["data"]) if isinstance(data["data"], list) else str(data["data"])
+    entries = data["data"] if isinstance(data["data"], list) else [data["data"]]
+    sources = parse_sources([str(e) for e in entries], need_weights=False)
+    shown_sources = " ".join(
+        f"{s.weight:g}:{s.name}" if len(sources) > 1 else s.name for s in sources
+    )
+    entries_ = eval_results(results) if results else None
+    meta = card_data(cfg, [s.path for s in sources], name, entries_)
     ident = commit.get("identity", {})
     c = model.config
     kind = (
         f"{num_layers(c)}-layer {c.model_type} masked LM ({count_parameters(model):,} parameters)"
     )
-    rows = {"teacher": f"`{teacher}`" if teacher else "none: masked-LM training only"}
+    rows = {"teacher": _named(cfg, "teacher") if teacher else "none: masked-LM training only"}
     if teacher and resolved.get("layer_map"):
         rows["layer map"] = (
             f"student layers initialised from teacher layers {resolved['layer_map']}"
@@ -142,13 +282,15 @@ def model_card(run_dir: Path, model: Any, step: int, commit: dict[str, Any], loc
     if teacher:
         rows["initialisation"] = _INITS.get(cfg["model"].get("init", "teacher"), "")
     if not teacher:
-        rows["initial model"] = f"`{cfg['model']['model']}`"
+        rows["initial model"] = _named(cfg, "model")
     rows["data"] = (
-        f"`{sources}` (data fingerprint `{str(ident.get('data_manifest'))[:16]}`, "
+        f"`{shown_sources}` (data fingerprint `{str(ident.get('data_manifest'))[:16]}`, "
         f"tokenizer fingerprint `{str(ident.get('tokenizer'))[:16]}`)"
     )
+    if meta.datasets:
+        rows["data"] += ", prepared from " + ", ".join(f"`{d}`" for d in meta.datasets)
     if data.get("teacher_cache"):
-        rows["teacher cache"] = f"`{data['teacher_cache']}`"
+        rows["teacher cache"] = f"`{shown(str(data['teacher_cache']))}`"
     rows["recipe"] = _recipe(cfg, bool(teacher))
     rows["batch"] = (
         f"{t['global_batch_size']} sequences per step = {resolved.get('micro_batch_size')} x "
@@ -159,21 +301,22 @@ def model_card(run_dir: Path, model: Any, step: int, commit: dict[str, Any], loc
         f"{step} of {resolved.get('max_steps', t['max_steps'])} "
         f"({int(commit.get('consumed_samples', 0)):,} sequences seen)"
     )
-    what = f"distilled from `{teacher}`" if teacher else "pretrained with masked-LM only"
-    tags = ["masked-lm", "distil"] + (["knowledge-distillation"] if teacher else [])
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: fill-mask",
-        "tags:",
-        *(f"- {tag}" for tag in tags),
-        "---",
-        "",
-        f"# {Path(location).name}",
+    what = (
+        f"distilled from {_named(cfg, 'teacher')}" if teacher else "pretrained with masked-LM only"
+    )
+    origin = "the teacher's" if teacher else "the initial model's"
+    licence = (
+        f"Licence: `{meta.license}`, {origin} (its card says so); the training data's terms "
+        "apply too."
+        if meta.license
+        else f"No licence is recorded here ({origin} card names none that the export could "
+        "read): check the teacher's and the training data's licences before you use or share it."
+    )
+    body = [
+        f"# {name.rsplit('/', 1)[-1]}",
         "",
         f"A {kind} {what}, trained with distil (DistilBERT-style knowledge distillation on "
-        "DeepSpeed ZeRO-2). Its licence and fitness for a use follow the teacher's and the "
-        "training data's.",
+        f"DeepSpeed ZeRO-2). {licence}",
         "",
         "## Training",
         "",
@@ -181,23 +324,18 @@ def model_card(run_dir: Path, model: Any, step: int, commit: dict[str, Any], loc
         "|---|---|",
         *(f"| {key} | {value} |" for key, value in rows.items()),
         "",
-        f"The full configuration: `{run_dir}/config.yaml`.",
+        "The run's full configuration: `distil_config.yaml`, beside this card.",
         "",
         *_pruning(run_dir),
         "## Evaluation",
         "",
-        *_evaluation(last_validation(run_dir, step), run_dir, sources),
+        *_evaluation(last_validation(run_dir, step)),
         "",
+        *(results_table(results, teacher_results) if results else []),
         "## Use",
         "",
-        "```python",
-        "from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline",
-        "",
-        f"model = AutoModelForMaskedLM.from_pretrained({json.dumps(location)})",
-        f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(location)})",
-        'fill = pipeline("fill-mask", model=model, tokenizer=tokenizer)',
-        'print(fill(f"It was a {tokenizer.mask_token} day."))',
-        "```",
+        *_use(name, not hub),
         "",
     ]
-    return "\n".join(lines)
+    card = ModelCard("---\n" + meta.to_yaml() + "\n---\n\n" + "\n".join(body))
+    return str(card)

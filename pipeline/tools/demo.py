@@ -151,7 +151,7 @@ class Demo:
             "--model", encoder_dir(), *self.common("teacher", self.teacher_steps, 16),
         )  # fmt: skip
         self.run(sys.executable, "-m", "pipeline.export", "--run", self.w / "runs" / "teacher",
-                 "--out", self.w / "teacher", "--overwrite")  # fmt: skip
+                 "--output", self.w / "teacher", "--overwrite")  # fmt: skip
 
     def student(self, seed: int) -> None:
         name = run_name("student", seed)
@@ -213,7 +213,7 @@ class Demo:
     def export(self) -> None:
         out = self.w / "student_hf"
         self.run(sys.executable, "-m", "pipeline.export", "--run", self.w / "runs" / "student",
-                 "--out", out, "--overwrite")  # fmt: skip
+                 "--output", out, "--overwrite")  # fmt: skip
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
