@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | apt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[mpi,plot,dev,wandb,mlflow]"
+	$(PY) -m pip install -q -e ".[mpi,plot,dev,wandb,mlflow,demo]"
 	touch $(STAMP)
 
 setup: $(STAMP)

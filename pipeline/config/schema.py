@@ -216,12 +216,22 @@ class TrainConfig:
     eval_on_start: bool = False
     """Validate once before the first step of a fresh run (logged as step 0: what the
     initialisation alone gives; a resumed run does not repeat it)."""
+    probe: str | None = None
+    """A quick downstream check at every validation: FOLDER of a small labelled classification
+    set in GLUE's format (train.jsonl and validation.jsonl, or .csv/.tsv/.parquet; columns
+    sentence and label, or sentence1, sentence2 and label for pairs). A logistic regression on
+    the student's frozen mean-pooled features, fitted on train, adds probe_accuracy (on
+    validation), probe_train_accuracy and probe_seconds to the validation metrics. Rank 0 runs
+    it in seconds; training is unchanged (pipeline/evaluation/probe.py)."""
+    probe_examples: int = 512
+    """Examples of each probe split (a fixed subset of a larger file)."""
     resume: str = "auto"
     """``auto`` (newest complete checkpoint in RUN_DIR), ``none``, or a checkpoint path."""
     allow_config_change: bool = False
     """Resume although a setting that shapes training (learning rate, loss weights, masking,
-    schedule, batch, seed) differs from the checkpoint's; each change is printed and recorded
-    in RUN_DIR/config_changes.jsonl. Without it such a resume is refused."""
+    batch, seed) differs from the checkpoint's; each change is printed and recorded in
+    RUN_DIR/config_changes.jsonl. Without it such a resume is refused; a new length
+    (max_steps, epochs) is always allowed, and recorded the same way."""
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
     """Signals that make every rank checkpoint at the next step and exit with ``preempt_exit_code``."""
     preempt_exit_code: int = 42

@@ -5,7 +5,8 @@ checked by :func:`~pipeline.run.plan.prepare`), resumes it, and runs the loop of
 a step, a log when due, a validation when due, a checkpoint when due, a stop when the ranks agree.
 Everything else is a named component: :class:`~pipeline.checkpoint.manager.CheckpointManager`,
 the guards of :mod:`pipeline.run.guards`, :class:`~pipeline.run.metrics.LogWindow` and
-:class:`~pipeline.run.metrics.RunLogger`, and the teacher targets of :mod:`pipeline.model.targets`.
+:class:`~pipeline.run.metrics.RunLogger`, the teacher targets of :mod:`pipeline.model.targets`,
+and the optional downstream probe of each validation (:mod:`pipeline.evaluation.probe`).
 :meth:`Trainer.train_step` is the step itself, which ``pipeline.tools.bench`` times.
 """
 
@@ -33,6 +34,7 @@ from pipeline.distributed.comm import ControlGroup
 from pipeline.distributed.failpoints import failpoint
 from pipeline.distributed.launch import DistEnv
 from pipeline.evaluation.mlm import SUMS, batch_sums, summarize
+from pipeline.evaluation.probe import Probe, ProbeSplit, read_probe_examples
 from pipeline.model.flops import device_peak_tflops, step_flops_per_token
 from pipeline.model.masked_lm import Shape, count_parameters, teacher_dtype
 from pipeline.model.objective import StudentWithLoss
@@ -115,9 +117,15 @@ class Trainer:
         )
         # Before anything is written into the run folder: a refusal changes nothing there.
         found = self.checkpoints.agree_resume(cfg.train.resume)
-        if self.rank == 0:
+        probe_dir, main = cfg.train.probe, self.rank == 0
+        examples: tuple[ProbeSplit, ProbeSplit] | None = None
+        if probe_dir:  # rank 0 reads and checks the probe's examples; the others find its files
+            n = cfg.train.probe_examples
+            examples = self.control.together(lambda: read_probe_examples(Path(probe_dir), n, main))
+        if main:
             self._write_run_files()
         self.control.barrier()
+        self.probe = self.control.together(lambda: self._probe(examples)) if probe_dir else None
         self.teacher = plan.teacher
         if self.teacher is not None:
             self.teacher.to(device=device, dtype=teacher_dtype(cfg.model.teacher_dtype, device))
@@ -200,6 +208,17 @@ class Trainer:
         save_run_model_files(
             self.run_dir, self.plan.student, self.plan.manifest, teacher.path if teacher else None
         )
+
+    def _probe(self, examples: tuple[ProbeSplit, ProbeSplit] | None) -> Probe | None:
+        """Rank 0's probe, tokenised once with the tokenizer saved in RUN_DIR/model."""
+        if examples is None:
+            return None
+        from pipeline.publish.run_files import MODEL_DIR
+
+        seq_len = self.plan.manifest.seq_len
+        probe = Probe(*examples, self.run_dir / MODEL_DIR, seq_len, self.pad_id, self.device)
+        self.say(f"probe: {self.cfg.train.probe}: {probe.describe()}")
+        return probe
 
     # -- the step ----------------------------------------------------------------------------
     def train_batches(self, num_workers: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
@@ -377,9 +396,24 @@ class Trainer:
         record["memory_gib"] = peak_memory_gib(self.device)
         return record
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation on ``train.eval_samples`` held-out sequences (collective)."""
+        """Validation (collective): the held-out MLM measures, and the probe's when
+        ``train.probe`` is set; the same dict on every rank."""
+        metrics = self._mlm_metrics()
+        if self.cfg.train.probe:
+            student = self.engine.module.student
+            # Rank 0 alone runs the probe (the weights are whole on every rank under ZeRO-2);
+            # the others wait for its metrics in the same two collectives.
+            local = self.control.together(
+                lambda: self.probe.run(student) if self.probe is not None else None
+            )
+            probed: dict[str, float] | None = self.control.broadcast(local)
+            metrics.update(probed or {})
+        return metrics
+
+    @torch.no_grad()
+    def _mlm_metrics(self) -> dict[str, float]:
+        """Masked-LM measures on ``train.eval_samples`` held-out sequences (collective)."""
         if self.valid_ds is None:
             return {}
         student = self.engine.module.student
