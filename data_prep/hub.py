@@ -40,6 +40,11 @@ TOKENIZER_PATTERNS = (
 MODEL_PATTERNS = ("*.json", "*.safetensors", "vocab.*", "merges.txt", "*.model")
 LEGACY_WEIGHTS = ("pytorch_model*.bin",)
 IGNORE = ("*/*",)
+DOWNLOAD_FILTER = " ".join(
+    [*(f"--include '{p}'" for p in MODEL_PATTERNS), *(f"--exclude '{p}'" for p in IGNORE)]
+)
+"""The ``hf download`` options that fetch what distil reads of a model, and nothing else (the
+``hf`` CLI takes one pattern per ``--include``)."""
 
 # huggingface_hub's rule for repository IDs: "name" or "namespace/name", at most 96 characters of
 # letters, digits, "-", "_" and ".", no "--" or "..", not ending in ".git".
@@ -112,7 +117,8 @@ def _snapshot(repo: str, what: str, patterns: tuple[str, ...]) -> Path:
 
     where = f"the hub cache {constants.HF_HUB_CACHE}"
     fetch = (
-        f"download it where the hub is reachable (a login node) with `hf download {repo}` into "
+        f"download it where the hub is reachable (a login node) with `hf download {repo} "
+        f"{DOWNLOAD_FILTER}` into "
         "the HF_HOME / HF_HUB_CACHE the jobs use"
     )
     try:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _slurm_chain() -> str:
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Real-world use") :]
+    section = text[text.index("Real-world use: BooksCorpus") :]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block, "the README's Slurm chain block is gone"
     lines = block.group(1).splitlines()
@@ -43,3 +43,21 @@ def test_readme_chain_passes_bare_job_ids(tmp_path: Path) -> None:
     assert len(calls) == 4, calls  # prep array, prep finalize, cache, pretrain
     deps = [m.group(1) for c in calls for m in [re.search(r"--dependency=afterok:(\S+)", c)] if m]
     assert deps == ["1001", "1002", "1003"], calls
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but '-' and '_' dropped, spaces '-'."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_link_inside_the_readme_lands_on_a_heading() -> None:
+    text = (REPO / "README.md").read_text()
+    text_outside_code = re.sub(r"```.*?```", "", text, flags=re.S)
+    headings = {
+        _slug(line.lstrip("#"))
+        for line in text_outside_code.splitlines()
+        if re.match(r"#{1,6} ", line)
+    }
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links and links <= headings, sorted(links - headings)
