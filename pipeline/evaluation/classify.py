@@ -1,15 +1,14 @@
 """A downstream check: fine-tune a sequence classifier from a model and report its accuracy.
 
 :func:`classify` reads labelled JSON lines (``text`` and ``label``), fine-tunes
-``AutoModelForSequenceClassification`` from the model folder and measures test accuracy.
+``AutoModelForSequenceClassification`` from the model folder with GLUE's fine-tuning loop
+(:mod:`.glue_finetune`: a single-sentence task of the file's labels) and measures test accuracy.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -48,58 +47,43 @@ def classify(
     seed: int = 0,
     device: torch.device | None = None,
 ) -> dict[str, float]:
-    """Fine-tune a sequence classifier from ``model_dir`` and return its test accuracy."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Fine-tune a sequence classifier from ``model_dir`` and return its test accuracy (the
+    GLUE fine-tuning loop of :mod:`.glue_finetune`, on a single-sentence task of these labels)."""
+    from transformers import AutoTokenizer
 
-    device = device or torch.device("cpu")
+    from pipeline.evaluation.glue_finetune import FinetuneSettings, encode, finetune
+    from pipeline.evaluation.glue_tasks import Split, TaskSpec
+
     train, test = _read_labelled(train_path), _read_labelled(test_path)
     names = sorted({str(label) for _, label in train + test})
     index = {name: i for i, name in enumerate(names)}
+    task = TaskSpec(
+        name="classify",
+        columns=("text",),
+        num_labels=len(names),
+        metrics=("accuracy",),
+        evals={"test": "test"},
+    )
+    settings = FinetuneSettings(
+        lr=lr, epochs=epochs, batch_size=batch_size, max_len=max_len, warmup_ratio=0.0
+    )
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), num_labels=len(names)
-    ).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    total = epochs * math.ceil(len(train) / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(total, 1)))
-    order = list(range(len(train)))
-    rng = random.Random(seed)
 
-    def encode(rows: list[tuple[str, Any]]) -> dict[str, torch.Tensor]:
-        enc = tok(
-            [t for t, _ in rows],
-            truncation=True,
-            max_length=max_len,
-            padding=True,
-            return_tensors="pt",
-        )
-        if model.config.model_type == "distilbert":
-            enc.pop("token_type_ids", None)
-        out = {k: v.to(device) for k, v in enc.items()}
-        out["labels"] = torch.tensor([index[str(lab)] for _, lab in rows], device=device)
-        return out
+    def split(rows: list[tuple[str, Any]]) -> Split:
+        return Split(([t for t, _ in rows],), [float(index[str(lab)]) for _, lab in rows])
 
-    model.train()
-    for _ in range(epochs):
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            batch = encode([train[i] for i in order[start : start + batch_size]])
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(test), 64):
-            batch = encode(test[start : start + 64])
-            labels = batch.pop("labels")
-            correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+    run = finetune(
+        model_dir,
+        task,
+        encode(tok, split(train), max_len),
+        {"test": encode(tok, split(test), max_len)},
+        settings,
+        seed,
+        int(tok.pad_token_id or 0),
+        device or torch.device("cpu"),
+    )
     return {
-        "accuracy": correct / len(test),
+        "accuracy": run["metrics"]["test"]["accuracy"],
         "train_examples": len(train),
         "test_examples": len(test),
     }
