@@ -160,9 +160,13 @@ def steps_logged(run_dir: Path) -> int:
     return read(path).count('"loss"') if path.is_file() else 0
 
 
+WALL_CLOCK = ("tokens_per_s", "time", "eta_s", "memory_gib", "mfu")
+"""Fields of a metrics record that measure the machine, not the training."""
+
+
 def comparable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Metrics records without the wall-clock rate."""
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
+    """Metrics records without the wall-clock and machine measurements."""
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in records]
 
 
 def tree(folder: Path) -> dict[str, bytes]:
