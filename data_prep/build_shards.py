@@ -14,6 +14,10 @@ then checks every unit and writes ``manifest.json`` (``prep_plan``). Output byte
 inputs and settings, never on the number of workers or array tasks. A document longer than
 ``--max-doc-mb`` is cut at line boundaries (counted in the manifest's stats), so memory depends
 on the settings only.
+
+A ``--tokenizer`` that is a model folder or hub ID whose config.json names a family distil cannot
+distil (ModernBERT, DeBERTa, ELECTRA...; :mod:`data_prep.families`) is refused at once, before
+anything is tokenized or written; ``--allow-any-model`` tokenizes anyway (shards for another tool).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import sys
 from pathlib import Path
 
 from data_prep.errors import UserError, cli_main
+from data_prep.families import check_tokenizer_family
 from data_prep.flags import HelpFormatter
+from data_prep.hub import resolve
 from data_prep.manifest import DataManifest, manifest_path
 from data_prep.packing import PACK_MODES
 from data_prep.prep_plan import PrepSettings, finalize, load_or_write_plan
@@ -149,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--finalize", action="store_true", help="only merge finished units into manifest.json"
     )
+    p.add_argument(
+        "--allow-any-model",
+        action="store_true",
+        help="tokenize with a --tokenizer model folder or hub ID whose config.json names a "
+        "family distil cannot distil (shards for another tool); refused otherwise, before any "
+        "tokenizing",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -197,7 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     if max_doc < 1024 or unit_bytes < 1024:
         raise UserError("--max-doc-mb and --unit-size-mb must be at least 0.001 (1 KiB)")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from --workers
-    tok = TextTokenizer(args.tokenizer)
+    # A model folder of a family distil cannot distil is refused now, not after hours of
+    # tokenizing (the hub ID resolved once: the tokenizer reads the same snapshot).
+    tok_path = resolve(args.tokenizer, "--tokenizer", "tokenizer")
+    if not args.allow_any_model:
+        check_tokenizer_family(tok_path, args.tokenizer)
+    tok = TextTokenizer(tok_path, source=args.tokenizer)
     settings = PrepSettings(
         inputs=tuple(args.input),
         seq_len=args.seq_len,

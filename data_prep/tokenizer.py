@@ -71,10 +71,11 @@ class TextTokenizer:
     """A tokenizer for batch encoding; construct it in each worker process from its path.
 
     ``path``: a Hugging Face folder, a SentencePiece ``.model``, or a hub ID (resolved through the
-    hub cache, see :mod:`data_prep.hub`; the fingerprint is of the resolved files).
+    hub cache, see :mod:`data_prep.hub`; the fingerprint is of the resolved files). ``source``:
+    the name the user gave, when ``path`` is already its resolved folder (default: ``path``).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], source: str | None = None) -> None:
         self.path = resolve(path, "--tokenizer", "tokenizer")
         if not self.path.exists():
             raise UserError(
@@ -91,7 +92,7 @@ class TextTokenizer:
             special_ids=self.special_ids,
             fingerprint=self._fingerprint(),
             files=self._file_hashes(),
-            source=str(path),
+            source=str(path) if source is None else source,
         )
 
     # -- loading ---------------------------------------------------------------------------

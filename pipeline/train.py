@@ -10,6 +10,16 @@ could not be written (a full disk: nothing committed is lost; make room and reru
 ``train.preempt_exit_code`` (42) preempted with a checkpoint (or by a signal before the first
 step, the checkpoint it resumed from staying the newest), 1 an unexpected error (its traceback;
 the process exits at once rather than wait on data-loader workers or peers).
+
+``--train.dry_run``: plan only. Everything above runs up to the plan, at the world size of the
+launcher it runs under (``python -m pipeline.train`` is one rank; run it under the job's
+torchrun/srun to check that job's batch split): the config, the data manifest and shards, the
+teacher and its family, the student's shape, the objectives against both, the DeepSpeed config
+and the batch split; then the checkpoint a resume would take is found and checked read-only, rank
+0 prints a summary (models and parameters, layer map, losses, data, batch micro x accum x world,
+max_steps, precision, run folder, resume) and the process exits 0 (2 on a failed check), without
+writing anything into the run folder or starting the DeepSpeed engine
+(:mod:`pipeline.run.dry_run`).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ def _main(argv: list[str] | None, preemption: Preemption) -> int:
         from pipeline.distributed.comm import ControlGroup, device_for, init_process_group
         from pipeline.distributed.launch import detect
         from pipeline.run.calibration import calibrate
+        from pipeline.run.dry_run import dry_run, importance_read_only
         from pipeline.run.plan import prepare, resolve_models
         from pipeline.run.trainer import Trainer, make_deterministic
 
@@ -65,16 +76,20 @@ def _main(argv: list[str] | None, preemption: Preemption) -> int:
         models = control.broadcast(resolved)
         assert models is not None
         # init prune: rank 0 measures (or reuses) the teacher's importance; every rank builds
-        # its student from those same scores.
+        # its student from those same scores. A dry run keeps them in memory.
+        measure = importance_read_only if cfg.train.dry_run else calibrate
         measured = control.together(
-            lambda: calibrate(cfg, paths, models, device) if env.rank == 0 else None
+            lambda: measure(cfg, paths, models, device) if env.rank == 0 else None
         )
         calibration = control.broadcast(measured)
         importance = calibration[0] if calibration else None
         plan = control.together(lambda: prepare(cfg, paths, models, env, device, importance))
         if calibration:
             plan.notes.insert(0, calibration[1])
-        code = Trainer(cfg, env, device, plan, control=control).run(preemption)
+        if cfg.train.dry_run:  # before the Trainer: it writes the run files and builds the engine
+            code = dry_run(cfg, env, device, plan, control)
+        else:
+            code = Trainer(cfg, env, device, plan, control=control).run(preemption)
     except UserError as exc:
         error_line(f"pipeline.train: error: {exc}")
         # Leave now: a data-loader worker or a peer waiting in a collective must not keep this

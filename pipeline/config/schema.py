@@ -251,6 +251,11 @@ class TrainConfig:
     deterministic: bool = False
     """torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:4096:8: the same
     bits from run to run on a GPU too, at some cost in speed (CPU runs are deterministic anyway)."""
+    dry_run: bool = False
+    """Plan only: every check of a real run at this world size (config, data manifest and shards,
+    teacher and its family, student shape, objectives, DeepSpeed config, batch split, the
+    checkpoint a resume would take), then a summary on rank 0 and exit 0, writing nothing into
+    RUN_DIR and starting no engine. Run it under the job's launcher to check its batch split."""
 
 
 @dataclass

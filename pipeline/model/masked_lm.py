@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from data_prep.errors import UserError
+from data_prep.families import SUPPORTED_MODEL_TYPES
 from data_prep.manifest import DataManifest
 
 # model_type -> (attribute of the encoder inside the *ForMaskedLM model, prefix of MLM-head keys)
@@ -30,6 +31,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "xlm-roberta": ("roberta", ("lm_head.",)),
     "camembert": ("roberta", ("lm_head.",)),
 }
+# data_prep (which never imports pipeline) refuses other families before tokenizing: one list.
+assert tuple(FAMILIES) == SUPPORTED_MODEL_TYPES, "add the family to data_prep/families.py too"
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
