@@ -9,7 +9,7 @@ from pipeline.tools.demo_report import compare
 
 def _models(accs: list[float], losses: list[float], clf: list[float]) -> list[dict[str, float]]:
     return [
-        {"mlm_accuracy": a, "mlm_loss": b, "classification_accuracy": c}
+        {"mlm_accuracy": a, "mlm_loss": b, "fewshot_accuracy": c}
         for a, b, c in zip(accs, losses, clf, strict=True)
     ]
 
@@ -18,7 +18,7 @@ def test_margin_beyond_the_spread_in_the_students_favour() -> None:
     students = _models([0.35, 0.36, 0.355], [3.60, 3.61, 3.62], [0.90, 0.91, 0.92])
     ablations = _models([0.33, 0.331, 0.332], [3.70, 3.69, 3.71], [0.90, 0.93, 0.90])
     got = compare(students, ablations)
-    acc, loss, clf = got["mlm_accuracy"], got["mlm_loss"], got["classification_accuracy"]
+    acc, loss, clf = got["mlm_accuracy"], got["mlm_loss"], got["fewshot_accuracy"]
     assert acc["margin"] == pytest.approx(0.355 - 0.331)
     assert acc["beyond_spread"] is True  # 0.024 > spread 0.01
     assert loss["margin"] == pytest.approx(3.70 - 3.61)  # lower is better: ablation - student
@@ -41,7 +41,7 @@ def test_one_seed_gives_no_verdict_and_missing_metrics_are_skipped() -> None:
         [{"mlm_accuracy": 0.3, "mlm_loss": 4.0}], [{"mlm_accuracy": 0.1, "mlm_loss": 6.0}]
     )
     assert got["mlm_accuracy"]["beyond_spread"] is None
-    assert "classification_accuracy" not in got
+    assert "fewshot_accuracy" not in got
 
 
 def test_the_demo_says_how_to_install_its_teacher(monkeypatch: pytest.MonkeyPatch) -> None:

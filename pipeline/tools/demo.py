@@ -15,7 +15,9 @@ prints its progress; a rerun skips finished stages and resumes unfinished traini
 4. ablation   the student's init, MLM only, the same steps: what the losses add to the init
 5. control    the student's architecture from scratch (random init), MLM only, the same steps
 6. evaluate   every model on the same held-out masks (seed 56): MLM accuracy and loss, agreement
-              and KL with the teacher, a fine-tuned classifier (State of the Union passages by era)
+              and KL with the teacher; and a downstream task through pipeline.evaluate's GLUE
+              path: State of the Union passages by era, fine-tuned on 64 passages (few-shot:
+              not saturated) with 3 seeds, scored on 300 held-out ones (median and spread)
 7. speed      inference throughput of teacher and student on this machine (batch 32, seq 128)
 8. export     the student as a complete Hugging Face folder; teacher and student fill masks
 9. report     report.md, report.json and loss_curves.png in the working folder
@@ -53,6 +55,10 @@ SENTENCES = [  # Austen-like contexts the adapted teacher fills with real words
     "i am quite [MASK] that you are right.",
 ]
 MLM_ONLY = ("--loss.alpha_ce", "0", "--loss.alpha_cos", "0", "--loss.alpha_mlm", "1")
+FEW_SHOT = 64  # labelled passages the downstream task fine-tunes on: not saturated (the full
+# 1,000 put every teacher-initialised model at 97-98%); measured: teacher 67.4% (62.0-70.6) over
+# 3 seeds, a random-init control 50.0% (chance)
+FEW_SHOT_SEEDS = 3
 
 COMMAND = "pipeline.tools.demo"
 
@@ -173,37 +179,44 @@ class Demo:
             *self.common("control", self.student_steps, 32), *MLM_ONLY,
         )  # fmt: skip
 
-    def classifier_data(self) -> tuple[Path, Path]:
-        """The SOTU-era task; in --quick mode its first 128 / 64 passages."""
-        sotu = CORPUS / "sotu_era"
-        train, test = sotu / "train.jsonl.gz", sotu / "test.jsonl.gz"
-        if not self.quick:
-            return train, test
-        out = []
-        for path, keep in ((train, 128), (test, 64)):
-            small = self.w / "quick" / path.name
-            small.parent.mkdir(exist_ok=True)
-            with gzip.open(path, "rt") as src:
-                lines = [line for _, line in zip(range(keep), src, strict=False)]
-            with atomic_open(small, "wb") as fh:
-                fh.write(gzip.compress("".join(lines).encode()))
-            out.append(small)
-        return out[0], out[1]
+    def fewshot_task(self) -> Path:
+        """The SOTU-era passages as a GLUE single-sentence folder (sentence, label), for
+        ``pipeline.evaluate --tasks sst2=FOLDER``: the few-shot downstream task."""
+        folder = self.w / "sotu_era"
+        for src, split in (("train", "train"), ("test", "validation")):
+            path = folder / f"{split}.jsonl"
+            if path.is_file():
+                continue
+            folder.mkdir(exist_ok=True)
+            with gzip.open(CORPUS / "sotu_era" / f"{src}.jsonl.gz", "rt") as fh:
+                rows = [json.loads(line) for line in fh if line.strip()]
+            with atomic_open(path, "w") as out:
+                out.writelines(
+                    json.dumps({"sentence": r["text"], "label": r["label"]}) + "\n" for r in rows
+                )
+        return folder
+
+    def evaluated(self, name: str) -> bool:
+        """Both parts in its file: the downstream task (written first) and the MLM metrics."""
+        out = self.w / "eval" / f"{name}.json"
+        return out.is_file() and {"mlm", "tasks"} <= set(json.loads(out.read_text()))
 
     def evaluate(self) -> None:
         from pipeline.evaluate import main as evaluate
 
-        train, test = self.classifier_data()
+        task = self.fewshot_task()
+        shots, seeds, held = (16, 1, 32) if self.quick else (FEW_SHOT, FEW_SHOT_SEEDS, 300)
         for name in self.models:
             out = self.w / "eval" / f"{name}.json"
-            if out.is_file():
+            if self.evaluated(name):
                 continue
             model = self.w / "teacher" if name == "teacher" else self.w / "runs" / name
             argv = [
                 "--model", model, "--data", self.w / "data", "--teacher", self.w / "teacher",
                 "--json", out, "--samples", str(self.eval_samples), "--seed", str(EVAL_SEED),
-                "--classify", train, test, "--classify-epochs", "2", "--classify-lr", "2e-4",
-                "--classify-batch-size", "32",
+                "--tasks", f"sst2={task}", "--seeds", str(seeds),
+                "--glue-max-train-examples", str(shots), "--glue-epochs", "5",
+                "--glue-lr", "5e-5", "--glue-max-eval-examples", str(held),
             ]  # fmt: skip
             print(f"$ python -m pipeline.evaluate {' '.join(map(str, argv))}", flush=True)
             start = time.perf_counter()
@@ -266,7 +279,7 @@ class Demo:
                 done = self.finished(w / "runs" / name, steps)
                 self.stage(name, done, lambda fn=fn, seed=seed: fn(seed))
         self.stage("control", self.finished(w / "runs" / "control", steps), self.control)
-        evaluated = all((w / "eval" / f"{n}.json").is_file() for n in self.models)
+        evaluated = all(self.evaluated(n) for n in self.models)
         self.stage("evaluate", evaluated, self.evaluate)
         self.stage("export", (w / "fill_mask.md").is_file(), self.export)
         self.stage("speed", (w / "speed.json").is_file(), self.speed)
