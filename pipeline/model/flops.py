@@ -1,6 +1,6 @@
 """FLOPs of a training step and the peak they are measured against: the MFU of the log line.
 
-Counted as ``../shared/bench/gpu_anchor.py`` and ``pipeline.tools.bench`` count them: the matmul
+Counted as ``pipeline/tools/gpu_anchor.py`` and ``pipeline.tools.bench`` count them: the matmul
 FLOPs of one token's forward (attention projections, the score and value products, the FFN, the
 LM head on the masked share of tokens), times 3 for the student (forward + backward) and 1 for the
 teacher (forward only, when it runs). The peak is the device's dense bf16 matmul rate from its
