@@ -1,8 +1,8 @@
 """The model families distil can distil, named by the ``model_type`` of a model's config.json.
 
 data_prep never imports pipeline (tests/test_layering.py), so the list lives here:
-:data:`pipeline.model.masked_lm.FAMILIES` (how each family is read) names the same types, in the
-same order, and checks so when it is imported.
+:data:`pipeline.model.families.FAMILIES` (how each family is read, one module per family) names
+the same types, and checks so when it is imported.
 
 :func:`check_tokenizer_family` is how ``data_prep.build_shards`` refuses, before tokenizing
 anything, a ``--tokenizer`` that is a model folder (or hub ID) of another family: shards made
@@ -25,6 +25,10 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     "roberta",
     "xlm-roberta",
     "camembert",
+    "modernbert",
+    "deberta-v2",
+    "electra",
+    "eurobert",
 )
 """The ``model_type`` values of the teachers (and MLM-only models) pipeline.train accepts."""
 

@@ -64,7 +64,7 @@ def test_hooks_capture_only_the_asked_projections_and_always_go(tiny_teacher: Pa
     assert cap[1, "v"].shape == (2, 7, 32)
     with pytest.raises(RuntimeError), capture_qkv(teacher, {0: "qkv"}):
         raise RuntimeError("a failing forward")
-    assert not any(m._forward_hooks for i in range(4) for m in teacher.qkv(i))
+    assert not any(m._forward_hooks for i in range(4) for m, _ in teacher.qkv_sources(i))
 
 
 @pytest.mark.slow

@@ -158,9 +158,9 @@ def test_a_dry_run_names_the_checkpoint_it_would_resume_and_changes_nothing(
 # --- data_prep.build_shards: the teacher's family, before any tokenizing ----------------------
 def test_the_families_of_data_prep_and_pipeline_agree() -> None:
     from data_prep.families import SUPPORTED_MODEL_TYPES
-    from pipeline.model.masked_lm import FAMILIES
+    from pipeline.model.families import FAMILIES
 
-    assert tuple(FAMILIES) == SUPPORTED_MODEL_TYPES
+    assert sorted(FAMILIES) == sorted(SUPPORTED_MODEL_TYPES)
 
 
 def model_folder(tmp_path: Path, model_type: str) -> Path:
@@ -182,7 +182,7 @@ def test_build_shards_refuses_a_model_family_it_cannot_distil_at_once(
 ) -> None:
     from data_prep import build_shards
 
-    folder = model_folder(tmp_path, "modernbert")
+    folder = model_folder(tmp_path, "albert")
     out = tmp_path / "out"
     argv = ["--input", small_corpus[2], "--tokenizer", folder, "--seq-len", "64", "--output", out]
 
@@ -197,7 +197,12 @@ def test_build_shards_refuses_a_model_family_it_cannot_distil_at_once(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"data_prep.build_shards: error: --tokenizer {folder}: ")
-    for needle in ("model_type 'modernbert'", "bert, distilbert, roberta", "tokenizer-only"):
+    for needle in (
+        "model_type 'albert'",
+        "bert, distilbert, roberta",
+        "modernbert",
+        "tokenizer-only",
+    ):
         assert needle in err[0], err[0]
     assert "--allow-any-model" in err[0]
     assert not out.exists()
@@ -215,13 +220,19 @@ def test_a_supported_model_folder_and_a_tokenizer_only_folder_pass(tmp_path: Pat
     assert model_type_of(BERT) is None  # a tokenizer-only folder: nothing to refuse
     check_tokenizer_family(BERT)
     check_tokenizer_family(BERT / "vocab.txt")  # a file (a SentencePiece .model, say)
-    for kind in ("bert", "roberta", "xlm-roberta"):
-        check_tokenizer_family(model_folder(tmp_path, kind))
-    deberta = model_folder(tmp_path, "deberta-v2")
-    with pytest.raises(
-        UserError, match=r"--tokenizer org/deberta \(.*deberta-v2\): .*'deberta-v2'"
+    for kind in (
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "modernbert",
+        "deberta-v2",
+        "electra",
+        "eurobert",
     ):
-        check_tokenizer_family(deberta, "org/deberta")  # a hub ID names its snapshot folder too
-    (deberta / "config.json").write_text("{ not json")
+        check_tokenizer_family(model_folder(tmp_path, kind))
+    albert = model_folder(tmp_path, "albert")
+    with pytest.raises(UserError, match=r"--tokenizer org/albert \(.*albert\): .*'albert'"):
+        check_tokenizer_family(albert, "org/albert")  # a hub ID names its snapshot folder too
+    (albert / "config.json").write_text("{ not json")
     with pytest.raises(UserError, match="not a readable JSON model config"):
-        model_type_of(deberta)
+        model_type_of(albert)

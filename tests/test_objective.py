@@ -170,7 +170,7 @@ def test_tinybert_and_minilm_terms_against_a_direct_computation(tiny_teacher: Pa
     assert total.item() == pytest.approx(weighted.item(), rel=1e-5)
     # our hooks are gone after the forward, in both models
     for model in (student, teacher):
-        assert not any(lin._forward_hooks for i in range(2) for lin in model.qkv(i))
+        assert not any(lin._forward_hooks for i in range(2) for lin, _ in model.qkv_sources(i))
 
 
 def test_gradients_reach_the_projections_and_the_attention(tiny_teacher: Path) -> None:

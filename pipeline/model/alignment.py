@@ -34,6 +34,7 @@ import torch
 
 from data_prep.errors import UserError
 from pipeline.config.schema import LossConfig
+from pipeline.model.families.base import QKVFn
 from pipeline.model.importance import Importance
 from pipeline.model.masked_lm import MaskedLM, Shape
 from pipeline.model.selection import student_selection
@@ -80,8 +81,13 @@ def resolve_alignment(
     layer_map: list[int],
     init: str,
     importance: Importance | None = None,
+    attention_refusal: str | None = None,
 ) -> Alignment:
-    """The alignment of a distillation run; a loss these shapes cannot support is refused."""
+    """The alignment of a distillation run; a loss these shapes cannot support is refused, and
+    the attention loss where the family's attention is not what it computes
+    (``attention_refusal``: :meth:`pipeline.model.families.base.Family.attention_refused`)."""
+    if loss.alpha_attn > 0 and attention_refusal:
+        raise UserError(f"loss.alpha_attn: {attention_refusal}")
     same_width = teacher.hidden == student.hidden
     for name in ("alpha_cos", "alpha_mse"):
         if getattr(loss, name) > 0 and not same_width:
@@ -175,17 +181,20 @@ def capture_qkv(model: MaskedLM, layers: dict[int, str]) -> Iterator[CaptureQKV]
     cap = CaptureQKV()
     handles = []
 
-    def keep(key: tuple[int, str]) -> Any:
+    def keep(layer: int, which: str, read: QKVFn) -> Any:
         def hook(_module: Any, _inputs: Any, output: torch.Tensor) -> None:
-            cap.out[key] = output
+            # The first call of a pass is the tokens' projection: DeBERTa calls its Q/K
+            # projections again on the relative-position embeddings, in the same pass.
+            for name, value in read(output).items():
+                if name in which and (layer, name) not in cap.out:
+                    cap.out[layer, name] = value
 
         return hook
 
     try:
         for layer, which in layers.items():
-            for name, module in zip(QKV, model.qkv(layer), strict=True):
-                if name in which:
-                    handles.append(module.register_forward_hook(keep((layer, name))))
+            for module, read in model.qkv_sources(layer):
+                handles.append(module.register_forward_hook(keep(layer, which, read)))
         yield cap
     finally:
         for handle in handles:

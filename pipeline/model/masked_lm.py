@@ -2,7 +2,7 @@
 
 * Teacher: any local Hugging Face masked-LM folder, loaded with ``AutoModelForMaskedLM``; cast by
   :func:`teacher_dtype` (fp16 on GPU, fp32 on CPU by default).
-* :class:`MaskedLM` gives every family the same two calls: ``encode`` (hidden states) and
+* :class:`MaskedLM` gives every family (:mod:`pipeline.model.families`) the same two calls: ``encode`` (hidden states) and
   ``head`` (MLM logits of selected rows only), so no (batch x seq x vocab) tensor is ever built.
 * :func:`check_model_fits`: a model's vocabulary and positions against the data's.
 * :class:`Shape`: the sizes a student may change (layers, width, heads, FFN).
@@ -20,20 +20,9 @@ import torch
 from torch import nn
 
 from data_prep.errors import UserError
-from data_prep.families import SUPPORTED_MODEL_TYPES
 from data_prep.manifest import DataManifest
-
-# model_type -> (attribute of the encoder inside the *ForMaskedLM model, prefix of MLM-head keys)
-FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "bert": ("bert", ("cls.",)),
-    "distilbert": ("distilbert", ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.bias")),
-    "roberta": ("roberta", ("lm_head.",)),
-    "xlm-roberta": ("roberta", ("lm_head.",)),
-    "camembert": ("roberta", ("lm_head.",)),
-}
-# data_prep (which never imports pipeline) refuses other families before tokenizing: one list.
-assert tuple(FAMILIES) == SUPPORTED_MODEL_TYPES, "add the family to data_prep/families.py too"
-
+from pipeline.model.families import FAMILIES, attn_implementation, family_of
+from pipeline.model.families.base import Family, QKVSource
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -68,12 +57,10 @@ def check_model_fits(config: Any, manifest: DataManifest, what: str) -> None:
 
 
 def model_family(model: nn.Module) -> str:
-    kind = getattr(model.config, "model_type", "")
-    if kind not in FAMILIES:
-        raise UserError(
-            f"model type '{kind}' is not supported yet (supported: {', '.join(FAMILIES)})"
-        )
-    return str(kind)
+    """The ``model_type`` of ``model``, refused in one line when distil has no family for it."""
+    kind = str(getattr(model.config, "model_type", ""))
+    family_of(kind)
+    return kind
 
 
 def num_layers(config: Any) -> int:
@@ -115,13 +102,15 @@ class Shape:
 
 
 class MaskedLM(nn.Module):
-    """A Hugging Face masked LM seen through two calls: ``encode`` and ``head``."""
+    """A Hugging Face masked LM seen through two calls: ``encode`` and ``head``; what differs
+    between families is asked of its :class:`~pipeline.model.families.base.Family`."""
 
     def __init__(self, model: nn.Module, has_head: bool = True) -> None:
         super().__init__()
         self.model = model
-        self.family = model_family(model)
-        self.encoder_attr = FAMILIES[self.family][0]
+        self.family = model_family(model)  # the model_type
+        self.kind: Family = FAMILIES[self.family]
+        self.encoder_attr = self.kind.encoder_attr
         self.has_head = has_head  # False: an encoder checkpoint with a fresh, untrained MLM head
 
     @property
@@ -139,39 +128,31 @@ class MaskedLM(nn.Module):
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if all_layers:
             kwargs["output_hidden_states"] = True
-        if self.family == "bert":
+        if self.kind.token_type_ids:
             kwargs["token_type_ids"] = torch.zeros_like(input_ids)
         out = getattr(self.model, self.encoder_attr)(**kwargs)
         return out.last_hidden_state, (out.hidden_states if all_layers else None)
 
-    def qkv(self, layer: int) -> tuple[nn.Module, nn.Module, nn.Module]:
-        """The query, key and value projections (``nn.Linear``) of ``layer``: their outputs, [B, S, H]
-        with the heads side by side, are what the attention losses read (by forward hooks)."""
-        m: Any = self.model
-        if self.family == "distilbert":
-            att = m.distilbert.transformer.layer[layer].attention
-            return att.q_lin, att.k_lin, att.v_lin
-        att = getattr(m, self.encoder_attr).encoder.layer[layer].attention.self
-        return att.query, att.key, att.value
+    def qkv_sources(self, layer: int) -> list[QKVSource]:
+        """Where Q, K and V of ``layer`` are read (by forward hooks): modules and the functions
+        from their outputs to Q/K/V as the attention uses them ([B, S, H], heads side by side)."""
+        return self.kind.qkv_sources(self.model, layer)
 
     def projections_out(self, layer: int) -> tuple[nn.Module, nn.Module]:
         """The attention output projection (its input: the heads' outputs side by side) and the
         FFN's second matrix (its input: the FFN activations) of ``layer``."""
-        m: Any = self.model
-        if self.family == "distilbert":
-            block = m.distilbert.transformer.layer[layer]
-            return block.attention.out_lin, block.ffn.lin2
-        block = getattr(m, self.encoder_attr).encoder.layer[layer]
-        return block.attention.output.dense, block.output.dense
+        return self.kind.projections_out(self.model, layer)
 
-    def residual_norms(self) -> list[nn.LayerNorm]:
-        """Every LayerNorm of the encoder over the residual width (embeddings' and each layer's)."""
+    def residual_norms(self) -> list[nn.Module]:
+        """Every norm (LayerNorm, RMSNorm) of the encoder over the residual width."""
         width = model_dims(self.model.config)[1]
         encoder = getattr(self.model, self.encoder_attr)
         return [
             m
             for m in encoder.modules()
-            if isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (width,)
+            if type(m).__name__.endswith("Norm")
+            and isinstance(getattr(m, "weight", None), torch.Tensor)
+            and tuple(m.weight.shape) == (width,)
         ]
 
     def compile_encoder(self) -> None:
@@ -183,13 +164,7 @@ class MaskedLM(nn.Module):
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """MLM logits of the given rows of hidden states (any leading shape)."""
-        m: Any = self.model
-        if self.family == "bert":
-            return m.cls(hidden)
-        if self.family == "distilbert":
-            h = m.vocab_layer_norm(m.activation(m.vocab_transform(hidden)))
-            return m.vocab_projector(h)
-        return m.lm_head(hidden)
+        return self.kind.head(self.model, hidden)
 
 
 def _from_pretrained(path: str, attn: str, dtype: torch.dtype) -> tuple[nn.Module, list[str]]:
@@ -198,12 +173,16 @@ def _from_pretrained(path: str, attn: str, dtype: torch.dtype) -> tuple[nn.Modul
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    kind = _model_type(folder / "config.json")
     weights = list(folder.glob("*.safetensors")) + list(folder.glob("pytorch_model*.bin"))
     if not weights:
         raise UserError(f"{folder}: no weights (*.safetensors or pytorch_model.bin) in this folder")
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
-            str(folder), dtype=dtype, attn_implementation=attn, output_loading_info=True
+            str(folder),
+            dtype=dtype,
+            attn_implementation=attn_implementation(kind, attn),
+            output_loading_info=True,
         )
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(
@@ -212,17 +191,28 @@ def _from_pretrained(path: str, attn: str, dtype: torch.dtype) -> tuple[nn.Modul
     return model, sorted(info.get("missing_keys", []))
 
 
+def _model_type(config_file: Path) -> str:
+    """The ``model_type`` of a config.json, refused in one line when distil has no family for it
+    (before transformers loads anything) or when it needs remote code."""
+    try:
+        raw = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{config_file}: not a readable JSON config ({exc})") from None
+    kind = str(raw.get("model_type", "")) if isinstance(raw, dict) else ""
+    if kind not in FAMILIES and isinstance(raw, dict) and raw.get("auto_map"):
+        raise UserError(
+            f"{config_file}: model type '{kind}' is defined by code shipped with the model "
+            "(auto_map), which distil does not run; distil has no family for it (supported: "
+            f"{', '.join(FAMILIES)})"
+        )
+    family_of(kind)
+    return kind
+
+
 def load_teacher(path: str, attn: str, need_head: bool) -> MaskedLM:
     """The teacher in fp32 on the CPU (cast and moved by the caller), eval, no grad."""
     model, missing = _from_pretrained(path, attn, torch.float32)
-    family = model_family(model)
-    head_prefixes = FAMILIES[family][1]
-    head_missing = [
-        k
-        for k in missing
-        if k.startswith(head_prefixes)
-        and not k.endswith(("decoder.weight", "vocab_projector.weight"))
-    ]
+    head_missing = FAMILIES[model_family(model)].head_missing(missing, model.config)
     if need_head and head_missing:
         raise UserError(
             f"{path}: the masked-LM head weights are missing ({', '.join(head_missing[:3])}...): this is an "
@@ -242,6 +232,8 @@ def set_dropout(cfg: Any, dropout: float | None) -> None:
         "attention_probs_dropout_prob",
         "dropout",
         "attention_dropout",
+        "embedding_dropout",
+        "mlp_dropout",
     ):
         if hasattr(cfg, name):
             setattr(cfg, name, dropout)
@@ -265,7 +257,11 @@ def load_mlm_model(spec: str, attn: str, dropout: float | None) -> MaskedLM:
         raise UserError(f"{config_file}: not a transformers model config ({exc})") from None
     set_dropout(cfg, dropout)
     torch.manual_seed(0)
-    model = AutoModelForMaskedLM.from_config(cfg, attn_implementation=attn)
+    kind = str(getattr(cfg, "model_type", ""))
+    family_of(kind)
+    model = AutoModelForMaskedLM.from_config(
+        cfg, attn_implementation=attn_implementation(kind, attn)
+    )
     model_family(model)
     return MaskedLM(model)
 
@@ -283,6 +279,10 @@ SHAPE_KEYS = (
     "n_layers",
     "n_heads",
     "hidden_dim",
+    "embedding_size",
+    "num_key_value_heads",
+    "head_dim",
+    "layer_types",
 )
 
 

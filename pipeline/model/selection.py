@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from data_prep.errors import UserError
+from pipeline.model.families.base import Rule
 from pipeline.model.importance import Importance, kept_share, top
 from pipeline.model.masked_lm import Shape
 
@@ -111,44 +112,39 @@ def student_selection(
     return None
 
 
-# (pattern of a student key, index set of dim 0, index set of dim 1); "" = keep the whole dim.
-_SELECT_RULES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(p), d0, d1)
-    for p, d0, d1 in [
-        (r"(word|position|token_type)_embeddings\.weight$", "", "R"),
-        (r"(LayerNorm|layer_norm)\.(weight|bias)$", "R", ""),
-        (r"(q_lin|k_lin|v_lin|self\.query|self\.key|self\.value)\.weight$", "A", "R"),
-        (r"(q_lin|k_lin|v_lin|self\.query|self\.key|self\.value)\.bias$", "A", ""),
-        (r"(out_lin|attention\.output\.dense)\.weight$", "R", "A"),
-        (r"(ffn\.lin1|intermediate\.dense)\.weight$", "F", "R"),
-        (r"(ffn\.lin1|intermediate\.dense)\.bias$", "F", ""),
-        (r"(ffn\.lin2|\.output\.dense)\.weight$", "R", "F"),
-        (r"(vocab_transform|lm_head\.dense)\.weight$", "R", "R"),
-        (r"(out_lin|\.dense|ffn\.lin2|vocab_transform)\.bias$", "R", ""),
-        (r"(vocab_projector|lm_head|lm_head\.decoder)\.bias$", "", ""),
-        (r"(vocab_projector|decoder)\.weight$", "", "R"),
-    ]
-]
-_LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
+_LAYER_KEY = re.compile(r"\.layers?\.(\d+)\.")
 
 
-def select_weights(state: dict[str, torch.Tensor], sel: Selection) -> dict[str, torch.Tensor]:
-    """Each tensor of a full-width student state dict cut down to the selected neurons."""
+def _index(which: str, sel: Selection, layer: int | None, size: int, key: str) -> list[int]:
+    """The kept indices of a dimension of ``size`` named by a rule letter: ``R`` residual,
+    ``A`` attention rows, ``F`` FFN neurons; ``A3``/``F2``: the same rows in each of the 3 (Q,
+    K, V) or 2 (input, gate) equal blocks of a fused projection."""
+    if which[0] == "R":
+        return sel.residual
+    if layer is None:
+        raise RuntimeError(f"weight selection: {key} is per layer but names no layer")
+    rows = (sel.attention if which[0] == "A" else sel.ffn)[layer]
+    blocks = int(which[1:] or 1)
+    width = size // blocks
+    return [b * width + r for b in range(blocks) for r in rows]
+
+
+def select_weights(
+    state: dict[str, torch.Tensor], sel: Selection, rules: list[Rule]
+) -> dict[str, torch.Tensor]:
+    """Each tensor of a full-width student state dict cut down to the selected neurons, by the
+    family's ``rules`` (pattern of a key, index set of dim 0, of dim 1; "" keeps the dim)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        rule = next((r for r in _SELECT_RULES if r[0].search(key)), None)
+        rule = next((r for r in rules if r[0].search(key)), None)
         if rule is None:
             raise RuntimeError(f"weight selection: no rule for the teacher tensor {key}")
-        layer = _LAYER_KEY.search(key)
+        match = _LAYER_KEY.search(key)
+        layer = int(match.group(1)) if match else None
         for dim, which in enumerate(rule[1:3]):
             if not which or dim >= value.ndim:
                 continue
-            if which == "R":
-                index = sel.residual
-            else:
-                if layer is None:
-                    raise RuntimeError(f"weight selection: {key} is per layer but names no layer")
-                index = (sel.attention if which == "A" else sel.ffn)[int(layer.group(1))]
+            index = _index(which, sel, layer, value.shape[dim], key)
             value = value.index_select(dim, torch.tensor(index))
         out[key] = value.contiguous()
     return out

@@ -1,7 +1,10 @@
 """The student derived from a teacher: its shape, its layer map, its initialisation.
 
 Shape. A student of a BERT teacher is a ``DistilBertForMaskedLM`` (no token-type embeddings, no
-pooler); of a RoBERTa-style or DistilBERT teacher, the teacher's own class. Its depth, width
+pooler); of any other family (DistilBERT, RoBERTa, ModernBERT, DeBERTa-v2/v3, ELECTRA,
+EuroBERT), the teacher's own class; what differs between families (config fields such as
+ModernBERT's ``layer_types``, parameter names, selection rules) is in
+:mod:`pipeline.model.families`. Its depth, width
 (hidden size), attention heads and FFN size are set by ``model.student_layers/_hidden/_heads/
 _intermediate`` or a ``model.student_config`` file (:func:`student_shape_from_file`); what is
 left at 0 follows the teacher: half its layers, its width, its head *size* (so a narrower student
@@ -50,19 +53,16 @@ Initialisation (``model.init``):
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from data_prep.errors import UserError
 from pipeline.config.schema import ModelConfig
+from pipeline.model.families import FAMILIES, attn_implementation
 from pipeline.model.importance import Importance
-from pipeline.model.masked_lm import MaskedLM, Shape, model_dims, model_family, set_dropout
+from pipeline.model.masked_lm import MaskedLM, Shape, model_dims, set_dropout
 from pipeline.model.selection import pruned_layer_map, select_weights, student_selection
-
-_LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
 
 
 def default_layer_map(
@@ -135,91 +135,6 @@ def resolve_shape(teacher: Shape, layers: int, hidden: int, heads: int, intermed
     return Shape(layers, hidden, heads, intermediate)
 
 
-def _student_config(teacher: Any, shape: Shape, dropout: float | None) -> Any:
-    from transformers import DistilBertConfig
-
-    tc = teacher.config
-    if model_family(teacher) == "bert":
-        cfg = DistilBertConfig(
-            vocab_size=tc.vocab_size,
-            max_position_embeddings=tc.max_position_embeddings,
-            sinusoidal_pos_embds=False,
-            n_layers=shape.layers,
-            n_heads=shape.heads,
-            dim=shape.hidden,
-            hidden_dim=shape.intermediate,
-            dropout=tc.hidden_dropout_prob if dropout is None else dropout,
-            attention_dropout=tc.attention_probs_dropout_prob if dropout is None else dropout,
-            activation=tc.hidden_act,
-            initializer_range=tc.initializer_range,
-            pad_token_id=tc.pad_token_id if tc.pad_token_id is not None else 0,
-            tie_word_embeddings=True,
-        )
-        return cfg
-    cfg = type(tc).from_dict(tc.to_dict())
-    if hasattr(cfg, "num_hidden_layers"):
-        cfg.num_hidden_layers = shape.layers
-        cfg.hidden_size, cfg.num_attention_heads = shape.hidden, shape.heads
-        cfg.intermediate_size = shape.intermediate
-    else:
-        cfg.n_layers, cfg.dim, cfg.n_heads = shape.layers, shape.hidden, shape.heads
-        cfg.hidden_dim = shape.intermediate
-    set_dropout(cfg, dropout)
-    return cfg
-
-
-def _bert_to_distilbert(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[str, Any]:
-    out = {
-        "distilbert.embeddings.word_embeddings.weight": t["bert.embeddings.word_embeddings.weight"],
-        # BERT adds token-type embedding 0 to every token; DistilBERT has none: fold it in.
-        "distilbert.embeddings.position_embeddings.weight": t[
-            "bert.embeddings.position_embeddings.weight"
-        ]
-        + t["bert.embeddings.token_type_embeddings.weight"][0],
-        "distilbert.embeddings.LayerNorm.weight": t["bert.embeddings.LayerNorm.weight"],
-        "distilbert.embeddings.LayerNorm.bias": t["bert.embeddings.LayerNorm.bias"],
-        "vocab_transform.weight": t["cls.predictions.transform.dense.weight"],
-        "vocab_transform.bias": t["cls.predictions.transform.dense.bias"],
-        "vocab_layer_norm.weight": t["cls.predictions.transform.LayerNorm.weight"],
-        "vocab_layer_norm.bias": t["cls.predictions.transform.LayerNorm.bias"],
-        "vocab_projector.bias": t.get(
-            "cls.predictions.bias", t.get("cls.predictions.decoder.bias")
-        ),
-    }
-    names = {
-        "attention.q_lin": "attention.self.query",
-        "attention.k_lin": "attention.self.key",
-        "attention.v_lin": "attention.self.value",
-        "attention.out_lin": "attention.output.dense",
-        "sa_layer_norm": "attention.output.LayerNorm",
-        "ffn.lin1": "intermediate.dense",
-        "ffn.lin2": "output.dense",
-        "output_layer_norm": "output.LayerNorm",
-    }
-    for s_layer, t_layer in enumerate(layer_map):
-        for s_name, t_name in names.items():
-            for p in ("weight", "bias"):
-                out[f"distilbert.transformer.layer.{s_layer}.{s_name}.{p}"] = t[
-                    f"bert.encoder.layer.{t_layer}.{t_name}.{p}"
-                ]
-    return out
-
-
-def _renumber_layers(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[str, torch.Tensor]:
-    inverse: dict[int, list[int]] = {}
-    for s_layer, t_layer in enumerate(layer_map):
-        inverse.setdefault(t_layer, []).append(s_layer)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in t.items():
-        match = _LAYER_KEY.search(key)
-        if match is None:
-            out[key] = value
-            continue
-        for s_layer in inverse.get(int(match.group(1)), []):
-            out[key[: match.start()] + f".layer.{s_layer}." + key[match.end() :]] = value
-    return out
-
-
 def build_student(
     teacher: MaskedLM,
     layers: int,
@@ -266,27 +181,28 @@ def build_student(
             f"student has {shape.hidden}/{shape.heads}/{shape.intermediate}): use model.init select "
             "(weight selection) or random"
         )
+    family = teacher.kind
+    if init in ("select", "prune"):
+        family.check_selection(teacher.config, t_shape, shape, init)
     sel = student_selection(t_shape, shape, init, layer_map, importance)
-    cfg = _student_config(teacher.model, shape, dropout)
+    cfg = family.student_config(
+        teacher.config, shape.layers, shape.hidden, shape.heads, shape.intermediate, layer_map
+    )
+    set_dropout(cfg, dropout)
+    attn = attn_implementation(cfg.model_type, attn)
     cfg._attn_implementation = attn
     torch.manual_seed(0)  # random init is reproducible whatever ran before
     student = AutoModelForMaskedLM.from_config(cfg, attn_implementation=attn)
     if init in ("teacher", "select", "prune"):
         t_state = {k: v.detach().float() for k, v in teacher.model.state_dict().items()}
-        if teacher.family == "bert":
-            state = _bert_to_distilbert(t_state, layer_map)
-        else:
-            state = _renumber_layers(t_state, layer_map)
+        state = family.student_state(t_state, layer_map)
         state = {k: v for k, v in state.items() if "position_ids" not in k}
         if sel is not None:
-            state = select_weights(state, sel)
+            state = select_weights(state, sel, family.select_rules(teacher.config))
         result = student.load_state_dict(state, strict=False)
+        s_family = FAMILIES[cfg.model_type]
         unexpected = [k for k in result.unexpected_keys if "position_ids" not in k]
-        missing = [
-            k
-            for k in result.missing_keys
-            if not k.endswith(("vocab_projector.weight", "decoder.weight", "position_ids"))
-        ]
+        missing = [k for k in result.missing_keys if not s_family.may_miss(k)]
         if unexpected or missing:
             raise RuntimeError(
                 f"student init from teacher: missing {missing[:5]}, unexpected {unexpected[:5]}"

@@ -126,7 +126,13 @@ def _models(
     student, layer_map = student_from_config(teacher, cfg.model, importance)
     t_shape, s_shape = Shape.of(teacher.config), Shape.of(student.config)
     alignment = resolve_alignment(
-        cfg.loss, t_shape, s_shape, layer_map, cfg.model.init, importance=importance
+        cfg.loss,
+        t_shape,
+        s_shape,
+        layer_map,
+        cfg.model.init,
+        importance=importance,
+        attention_refusal=teacher.kind.attention_refused(teacher.config, layer_map),
     )
     pruning = None
     if importance is not None and cfg.model.init == "prune":
