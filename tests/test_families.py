@@ -315,3 +315,47 @@ def test_a_family_run_resumes_exactly(
     got, want = dict(losses(moved)), dict(losses(straight))
     for step in range(4, 7):
         assert got[step] == pytest.approx(want[step], rel=1e-4), step
+
+
+# --- a student of another family over the teacher's tokenizer ---------------------------------
+@pytest.mark.parametrize(
+    ("teacher_kind", "student_kind"),
+    [("modernbert", "bert"), ("electra", "modernbert"), ("eurobert", "deberta-v2")],
+)
+def test_a_student_of_another_family_shares_the_teachers_tokenizer(
+    teachers: dict[str, Path], teacher_kind: str, student_kind: str
+) -> None:
+    teacher = load_teacher(str(teachers[teacher_kind]), "sdpa", need_head=True)
+    student, layer_map = build_student(
+        teacher, 2, None, "random", "sdpa", None, student_type=student_kind
+    )
+    expected = "distilbert" if student_kind == "bert" else student_kind  # BERT-shaped: no types
+    assert student.family == expected and layer_map == [0, 3]
+    s, t = student.config, teacher.config
+    assert (s.vocab_size, s.max_position_embeddings) == (t.vocab_size, t.max_position_embeddings)
+    assert s.pad_token_id == t.pad_token_id
+    ids, mask = batch()
+    assert logits(student, ids, mask).shape == (2, 24, t.vocab_size)
+    with pytest.raises(UserError, match=r"set model\.init random") as err:
+        build_student(teacher, 2, None, "select", "sdpa", None, student_type=student_kind)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="model type 'albert' is not supported"):
+        build_student(teacher, 2, None, "random", "sdpa", None, student_type="albert")
+
+
+def test_a_bert_shaped_student_learns_from_a_modernbert_teacher(
+    teachers: dict[str, Path], small_data_dir: Path, tmp_path: Path
+) -> None:
+    """2 ranks: a ModernBERT teacher, a DistilBERT-shaped student from scratch over its
+    tokenizer, with the logit, MLM, hidden-state and relation losses."""
+    run = tmp_path / "run"
+    extra = {
+        "--model.student_type": "bert",
+        "--model.init": "random",
+        "--loss.alpha_relation": 1.0,
+        "--loss.alpha_mse": 1.0,
+    }
+    check_ok(launch(base_args(teachers["modernbert"], small_data_dir, run, **extra), nproc=2))
+    first, last = step_records(run)[0], step_records(run)[-1]
+    assert {"ce", "mlm", "cos", "mse", "rel"} <= set(last)
+    assert last["ce"] < first["ce"]

@@ -21,6 +21,7 @@ SHAPING = (
     "train.global_batch_size",
     "train.seed",
     "model.init",
+    "model.student_type",
     "model.layer_map",
     "model.layer_map_rule",
     "model.teacher_dtype",

@@ -56,6 +56,11 @@ class ModelConfig:
     student_config: str | None = None
     """A config.json (BERT or DistilBERT key names) giving the student's layers, hidden size, heads
     and FFN size; a student_* field set as well must agree with it."""
+    student_type: str | None = None
+    """The student's family as a ``model_type`` (``bert``, ``modernbert``, ``deberta-v2``, ...);
+    None: the teacher's own (a DistilBERT for a BERT teacher). Another family than the teacher's
+    shares the teacher's tokenizer (vocabulary, special tokens, positions) and starts from
+    ``init random``: teacher weights map only onto a student of their own family."""
     layer_map: list[int] | None = None
     """Teacher layer (0-based) that initialises and supervises each student layer; None = default map."""
     layer_map_rule: Literal["distilbert", "tinybert", "importance"] = "distilbert"

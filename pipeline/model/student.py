@@ -54,12 +54,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from data_prep.errors import UserError
 from pipeline.config.schema import ModelConfig
-from pipeline.model.families import FAMILIES, attn_implementation
+from pipeline.model.families import FAMILIES, attn_implementation, family_of
 from pipeline.model.importance import Importance
 from pipeline.model.masked_lm import MaskedLM, Shape, model_dims, set_dropout
 from pipeline.model.selection import pruned_layer_map, select_weights, student_selection
@@ -147,6 +148,7 @@ def build_student(
     intermediate: int = 0,
     layer_map_rule: str = "distilbert",
     importance: Importance | None = None,
+    student_type: str | None = None,
 ) -> tuple[MaskedLM, list[int]]:
     """The student and its layer map; its weights per ``init`` (teacher, select, prune or
     random). ``prune`` needs the teacher's ``importance``; ``layer_map_rule`` ``importance``
@@ -185,9 +187,19 @@ def build_student(
     if init in ("select", "prune"):
         family.check_selection(teacher.config, t_shape, shape, init)
     sel = student_selection(t_shape, shape, init, layer_map, importance)
-    cfg = family.student_config(
-        teacher.config, shape.layers, shape.hidden, shape.heads, shape.intermediate, layer_map
-    )
+    if cross_family(teacher, student_type):
+        assert student_type is not None
+        if init != "random":
+            raise UserError(
+                f"model.student_type {student_type}: a student of another family than the "
+                f"teacher's ({teacher.family}) cannot take the teacher's weights (model.init "
+                f"{init}); set model.init random, or leave model.student_type unset"
+            )
+        cfg = cross_family_config(teacher.config, student_type, shape)
+    else:
+        cfg = family.student_config(
+            teacher.config, shape.layers, shape.hidden, shape.heads, shape.intermediate, layer_map
+        )
     set_dropout(cfg, dropout)
     attn = attn_implementation(cfg.model_type, attn)
     cfg._attn_implementation = attn
@@ -209,6 +221,51 @@ def build_student(
             )
         student.tie_weights()
     return MaskedLM(student), layer_map
+
+
+def cross_family(teacher: MaskedLM, student_type: str | None) -> bool:
+    """Whether ``student_type`` asks for a student of another family than the teacher's own."""
+    if not student_type or student_type == teacher.family:
+        return False
+    family_of(student_type)  # one line for a type distil has no family for
+    return not (teacher.family == "bert" and student_type == "distilbert")
+
+
+_SPECIAL = ("pad", "bos", "eos", "cls", "sep", "mask")
+
+
+def cross_family_config(teacher_config: Any, student_type: str, shape: Shape) -> Any:
+    """The config of a ``student_type`` student over the teacher's tokenizer: its family's
+    defaults with the teacher's vocabulary, positions and special tokens, at ``shape``."""
+    from transformers import AutoConfig
+
+    tc = teacher_config
+    ids = {k: getattr(tc, f"{k}_token_id", None) for k in _SPECIAL}
+    ids["bos"] = ids["bos"] if ids["bos"] is not None else ids["cls"]
+    ids["cls"] = ids["cls"] if ids["cls"] is not None else ids["bos"]
+    ids["eos"] = ids["eos"] if ids["eos"] is not None else ids["sep"]
+    ids["sep"] = ids["sep"] if ids["sep"] is not None else ids["eos"]
+    base = AutoConfig.for_model(
+        student_type,
+        vocab_size=tc.vocab_size,
+        max_position_embeddings=tc.max_position_embeddings,
+        **{f"{k}_token_id": v for k, v in ids.items()},
+    )
+    layers = list(range(shape.layers))
+    family = FAMILIES[student_type]
+    if student_type == "distilbert":
+        return family.student_config(base, *_sizes(shape), layers)
+    base.num_hidden_layers = shape.layers
+    if getattr(base, "layer_types", None) is not None:  # ModernBERT: its own default pattern
+        every = int(getattr(base, "global_attn_every_n_layers", 3) or 3)
+        base.layer_types = [
+            "full_attention" if i % every == 0 else "sliding_attention" for i in layers
+        ]
+    return family.student_config(base, *_sizes(shape), layers)
+
+
+def _sizes(shape: Shape) -> tuple[int, int, int, int]:
+    return shape.layers, shape.hidden, shape.heads, shape.intermediate
 
 
 def student_from_config(
@@ -234,4 +291,5 @@ def student_from_config(
         intermediate=shape.get("intermediate", 0),
         layer_map_rule=m.layer_map_rule,
         importance=importance,
+        student_type=m.student_type,
     )

@@ -132,7 +132,8 @@ def _models(
         layer_map,
         cfg.model.init,
         importance=importance,
-        attention_refusal=teacher.kind.attention_refused(teacher.config, layer_map),
+        attention_refusal=teacher.kind.attention_refused(teacher.config, layer_map)
+        or student.kind.attention_refused(student.config, list(range(student.num_layers))),
     )
     pruning = None
     if importance is not None and cfg.model.init == "prune":
