@@ -359,3 +359,29 @@ def test_a_bert_shaped_student_learns_from_a_modernbert_teacher(
     first, last = step_records(run)[0], step_records(run)[-1]
     assert {"ce", "mlm", "cos", "mse", "rel"} <= set(last)
     assert last["ce"] < first["ce"]
+
+
+@pytest.mark.parametrize("kind", NEW_FAMILIES)
+def test_pruning_scores_every_family_and_keeps_the_teacher_at_its_shape(
+    teachers: dict[str, Path], kind: str
+) -> None:
+    """Importance over each family's heads, FFN neurons and residual norms (not DeBERTa's
+    position-table norm); ``prune`` at the full shape is the teacher; narrower, it builds."""
+    from pipeline.model.importance import measure_importance
+
+    teacher = load_teacher(str(teachers[kind]), "sdpa", need_head=True)
+    ids, mask = batch()
+    importance = measure_importance(teacher, [(ids, mask)])
+    assert [len(h) for h in importance.heads] == [4] * 4
+    assert [len(n) for n in importance.neurons] == [64] * 4 and len(importance.channels) == 32
+    assert importance.tokens == int(mask.sum())
+    full, _ = build_student(
+        teacher, 4, None, "prune", "sdpa", None, 32, 4, 64, importance=importance
+    )
+    assert torch.allclose(logits(full, ids, mask), logits(teacher, ids, mask), atol=1e-5)
+    narrow = {"intermediate": 32} if kind == "eurobert" else {"hidden": 24, "heads": 3}
+    student, layer_map = build_student(
+        teacher, 2, None, "prune", "sdpa", None, **narrow, layer_map_rule="importance",
+        importance=importance,
+    )  # fmt: skip
+    assert len(layer_map) == 2 and logits(student, ids, mask).shape[-1] == teacher.config.vocab_size

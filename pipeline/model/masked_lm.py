@@ -149,8 +149,9 @@ class MaskedLM(nn.Module):
         encoder = getattr(self.model, self.encoder_attr)
         return [
             m
-            for m in encoder.modules()
+            for name, m in encoder.named_modules()
             if type(m).__name__.endswith("Norm")
+            and self.kind.normalises_tokens(name)
             and isinstance(getattr(m, "weight", None), torch.Tensor)
             and tuple(m.weight.shape) == (width,)
         ]

@@ -1,7 +1,8 @@
 """Throughput of the real training step: the DeepSpeed engine, our losses, our data path.
 
     python -m pipeline.tools.bench [--shapes 128x256,512x64] [--cases distil,distil_cached,plain,...]
-        [--steps 10] [--warmup 3] [--size base|tiny] [--data-prep] [--json OUT]
+        [--steps 10] [--warmup 3] [--size base|tiny] [--families bert,modernbert,...]
+        [--data-prep] [--json OUT]
 
 Each case builds the step exactly as ``pipeline.train`` does (``prepare`` + ``Trainer``), on
 synthetic shards (random ids of the bert-base-uncased vocabulary) and a randomly initialised
@@ -18,6 +19,10 @@ Cases:
   mlm              MLM-only training of the student (teacher pretraining mode)
   loader           the data path alone: MicroBatches in background workers, tokens/s
 ``--size base``: bert-base teacher and 6 x 768 student (GPU); ``tiny``: 4 x 256 -> 2 x 256 (CPU).
+``--families``: the teacher's family, one run of every case per family (default ``bert``; a
+BERT teacher's student is a DistilBERT, every other family's student is of its own class),
+each teacher at the ``--size`` shape with its family's own traits (:data:`FAMILY_TRAITS`).
+MFU counts every family's FLOPs as BERT's (a gated MLP does 1.5x the FFN matmuls).
 ``--data-prep`` adds ``data_prep.tools.bench``'s rows (build_shards MB/s and tokens/s, reader tokens/s).
 """
 
@@ -72,16 +77,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def make_teacher(out: Path, size: str) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+FAMILY_TRAITS: dict[str, dict[str, Any]] = {
+    "bert": {},
+    "roberta": {},
+    "modernbert": {"global_attn_every_n_layers": 3, "local_attention": 128},
+    "deberta-v2": {  # DeBERTa-v3's settings
+        "relative_attention": True, "position_buckets": 256, "pos_att_type": ["p2c", "c2p"],
+        "norm_rel_ebd": "layer_norm", "share_att_key": True, "position_biased_input": False,
+        "type_vocab_size": 0, "max_relative_positions": -1,
+    },
+    "electra": {},  # a generator: embeddings as wide as the encoder
+    "eurobert": {"num_key_value_heads_ratio": 2},  # grouped-query attention: 2 heads per K/V
+}  # fmt: skip
+
+
+def make_teacher(out: Path, size: str, family: str = "bert") -> Path:
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    from pipeline.model.families import attn_implementation
 
     s = SIZES[size]
-    cfg = BertConfig(
-        vocab_size=30522, hidden_size=s["hidden"], num_hidden_layers=s["layers"],
+    traits = dict(FAMILY_TRAITS[family])
+    if traits.pop("num_key_value_heads_ratio", None):
+        traits["num_key_value_heads"] = s["heads"] // 2
+    cfg = AutoConfig.for_model(
+        family, vocab_size=30522, hidden_size=s["hidden"], num_hidden_layers=s["layers"],
         num_attention_heads=s["heads"], intermediate_size=s["ffn"], max_position_embeddings=512,
+        pad_token_id=0, bos_token_id=101, eos_token_id=102, cls_token_id=101, sep_token_id=102,
+        mask_token_id=103, **traits,
     )  # fmt: skip
+    if family == "electra":
+        cfg.embedding_size = s["hidden"]
     torch.manual_seed(0)
-    BertForMaskedLM(cfg).save_pretrained(str(out))
+    attn = attn_implementation(family, "sdpa")
+    AutoModelForMaskedLM.from_config(cfg, attn_implementation=attn).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(BERT_VOCAB)).save_pretrained(str(out))
     return out
 
@@ -130,6 +159,7 @@ class Bench:
         self.device = device_for(self.env)
         init_process_group(self.env, self.device)
         self.peak = matmul_peak(self.device)
+        self.family = "bert"
         self.teacher = make_teacher(work / "teacher", args.size)
         self.gpu = self.device.type == "cuda"
 
@@ -252,7 +282,7 @@ class Bench:
         useful = seq * batch * per_token
         mem = torch.cuda.max_memory_allocated() / 2**30 if self.gpu else 0.0
         return {
-            "name": case, "seq": seq, "batch": batch,
+            "name": case, "family": self.family, "seq": seq, "batch": batch,
             "tokens_per_s": round(seq * batch / elapsed), "ms_per_step": round(elapsed * 1e3, 2),
             "peak_mem_gib": round(mem, 2), "mfu": round(useful / elapsed / 1e12 / self.peak, 4),
             "precision": plan.engine.precision if case != "plain" else "bf16-autocast",
@@ -291,6 +321,11 @@ def main(argv: list[str] | None = None) -> None:
         "--size", choices=sorted(SIZES), default=None, help="default: base on GPU, tiny on CPU"
     )
     p.add_argument(
+        "--families",
+        default="bert",
+        help=f"teacher families, comma-separated ({', '.join(FAMILY_TRAITS)}); default bert",
+    )
+    p.add_argument(
         "--precision", choices=("bf16", "fp16"), default="bf16", help="GPU engine precision"
     )
     p.add_argument("--steps", type=int, default=10)
@@ -308,15 +343,22 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="distil-bench-") as tmp:
         bench = Bench(args, Path(tmp))
-        for seq, batch in shapes:
-            for case in args.cases.split(","):
-                try:
-                    rows.append(bench.run_case(case, seq, batch))
-                except Exception as exc:  # one failing case must not hide the others
-                    rows.append(
-                        {"name": case, "seq": seq, "batch": batch, "error": repr(exc)[:300]}
-                    )
-                print(json.dumps(rows[-1]), flush=True)
+        for family in args.families.split(","):
+            if family not in FAMILY_TRAITS:
+                raise SystemExit(f"--families {family}: one of {', '.join(FAMILY_TRAITS)}")
+            if family != bench.family:
+                bench.family = family
+                bench.teacher = make_teacher(Path(tmp) / f"teacher_{family}", args.size, family)
+            for seq, batch in shapes:
+                for case in args.cases.split(","):
+                    try:
+                        rows.append(bench.run_case(case, seq, batch))
+                    except Exception as exc:  # one failing case must not hide the others
+                        rows.append(
+                            {"name": case, "family": family, "seq": seq, "batch": batch,
+                             "error": repr(exc)[:300]}
+                        )  # fmt: skip
+                    print(json.dumps(rows[-1]), flush=True)
     if args.data_prep:
         for row in data_prep_rows(8.0):
             rows.append(row)

@@ -92,6 +92,11 @@ class Family:
         """Why the attention-map loss cannot be computed for this model (None: it can)."""
         return self.attention_refusal
 
+    def normalises_tokens(self, name: str) -> bool:
+        """Whether the norm module ``name`` (inside the encoder) normalises the tokens' residual
+        stream (False: another tensor of the same width, such as DeBERTa's position table)."""
+        return True
+
     # --- the student ------------------------------------------------------------------------
     def student_config(
         self,

@@ -38,6 +38,9 @@ class Deberta(Family):
         att = self.layers(model)[layer].attention.self
         return [(att.query_proj, only("q")), (att.key_proj, only("k")), (att.value_proj, only("v"))]
 
+    def normalises_tokens(self, name: str) -> bool:
+        return name != "encoder.LayerNorm"  # the relative-position embeddings' norm
+
     def head(self, model: Any, hidden: torch.Tensor) -> torch.Tensor:
         m: Any = model
         if hasattr(m, "cls"):
