@@ -385,3 +385,21 @@ def test_pruning_scores_every_family_and_keeps_the_teacher_at_its_shape(
         importance=importance,
     )  # fmt: skip
     assert len(layer_map) == 2 and logits(student, ids, mask).shape[-1] == teacher.config.vocab_size
+
+
+def test_the_dry_run_says_the_family_plan_or_refuses_in_one_line(
+    teachers: dict[str, Path], small_data_dir: Path, tmp_path: Path
+) -> None:
+    """In seconds, before any engine: a ModernBERT plan; DeBERTa with the attention loss refused."""
+    from test_dry_run import HEADER, one_error_line
+
+    run = tmp_path / "run"
+    args = base_args(teachers["modernbert"], small_data_dir, run, **{"--loss.alpha_relation": 1})
+    result = launch([*args, "--train.dry_run"], launcher="python")
+    check_ok(result)
+    assert HEADER in result.stdout and "student: modernbert, 2 layers x 32 wide" in result.stdout
+    assert not run.exists()
+    args = base_args(teachers["deberta-v2"], small_data_dir, run, **{"--loss.alpha_attn": 1})
+    line = one_error_line(launch([*args, "--train.dry_run"], launcher="python"))
+    assert "loss.alpha_attn: DeBERTa's attention adds relative-position terms" in line, line
+    assert "loss.alpha_relation" in line and not run.exists()
