@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from family_models import NEW_FAMILIES, make_family_teacher
+from family_models import NEW_FAMILIES, SIZES, make_family_teacher
 from pipeline_helpers import base_args, check_ok, launch, losses, step_records
 
 from data_prep.errors import UserError
@@ -193,6 +193,23 @@ def test_what_a_family_cannot_cut_is_refused_in_one_line(teachers: dict[str, Pat
     assert student.config.num_key_value_heads == 1 and student.config.head_dim == 8
 
 
+def test_an_electra_discriminator_has_no_mlm_head_for_the_logit_losses(
+    tmp_path: Path, wordpiece_tokenizer: Path
+) -> None:
+    from transformers import AutoConfig, AutoTokenizer, ElectraForPreTraining
+
+    tok = AutoTokenizer.from_pretrained(str(wordpiece_tokenizer))
+    cfg = AutoConfig.for_model("electra", vocab_size=len(tok), **SIZES, embedding_size=16)
+    folder = tmp_path / "discriminator"
+    ElectraForPreTraining(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    with pytest.raises(UserError, match="this is an encoder checkpoint, not a masked LM") as err:
+        load_teacher(str(folder), "sdpa", need_head=True)
+    assert "generator_predictions" in str(err.value) and "\n" not in str(err.value)
+    encoder_only = load_teacher(str(folder), "sdpa", need_head=False)  # hidden-state losses
+    assert not encoder_only.has_head
+
+
 def test_unknown_and_remote_code_families_are_refused_in_one_line(
     tmp_path: Path, wordpiece_tokenizer: Path
 ) -> None:
@@ -282,6 +299,15 @@ def test_two_rank_distillation_exports_a_model_that_fills_masks(
     )
     assert len(preds) == 5 and all(p["token_str"] for p in preds)
     assert kind in (hf / "README.md").read_text()
+    from pipeline.evaluate import main as evaluate_main
+
+    scores = tmp_path / "eval.json"
+    evaluate_main(
+        ["--model", str(hf), "--data", str(small_data_dir), "--teacher", str(teachers[kind]),
+         "--samples", "16", "--json", str(scores)]
+    )  # fmt: skip
+    mlm = json.loads(scores.read_text())["mlm"]
+    assert mlm["masked_tokens"] > 0 and 0 <= mlm["mlm_accuracy"] <= 1 and 0 <= mlm["agreement"] <= 1
 
 
 RESUMABLE = {"--max-steps": 6, "--save-every": 3, "--model.dropout": 0.0}

@@ -3,7 +3,7 @@
 fp16 and bf16 ZeRO-2 on CUDA with a save every few steps (our collectives on an NCCL group), an
 exact resume, a preemption signal mid-run and its resume, the fp16 teacher, a world-size change
 (2 CPU ranks -> 1 GPU rank, through the universal checkpoint, into fused AdamW on CUDA), and the
-teacher cache built on CUDA. Run on a GPU machine with ``pytest -m gpu tests/test_gpu.py``
+teacher cache built on CUDA; ModernBERT and DeBERTa teachers in fp16 beside a bf16 student. Run on a GPU machine with ``pytest -m gpu tests/test_gpu.py``
 (``pipeline/tools/bench_gpu.sh`` does).
 
 Across processes a GPU gives the same bits only with deterministic kernels: every run here sets
@@ -166,3 +166,28 @@ def test_fp16_overflows_at_the_floor_stop_with_our_line_and_the_schedule_holds(
     fn = lr_lambda(60, 0.05)
     for r in step_records(run):
         assert r["lr"] == pytest.approx(1e4 * fn(r["step"] - 1)), r
+
+
+@pytest.mark.parametrize("kind", ["modernbert", "deberta-v2"])
+def test_a_family_distils_on_gpu_with_an_fp16_teacher_and_resumes(
+    tmp_path: Path, wordpiece_tokenizer: Path, small_data_dir: Path, kind: str
+) -> None:
+    """ModernBERT (rotary, local layers, fused Wqkv) and DeBERTa (its own attention kernel):
+    the fp16 teacher, a bf16 ZeRO-2 student with the DistilBERT losses and MiniLMv2 relations,
+    then stopped after 5 steps and resumed to 12: the same losses."""
+    from family_models import make_family_teacher
+
+    teacher = make_family_teacher(tmp_path / kind, wordpiece_tokenizer, kind)
+    extra = {"--loss.alpha_relation": 1.0, "--loss.alpha_mse": 1.0}
+    full = tmp_path / "full"
+    result = launch(
+        _gpu_args(teacher, small_data_dir, full, "bf16", **extra), launcher="python", env=CUDA
+    )
+    check_ok(result)
+    records = step_records(full)
+    assert all(math.isfinite(r["loss"]) for r in records) and "rel" in records[-1]
+    parts = tmp_path / "parts"
+    args = _gpu_args(teacher, small_data_dir, parts, "bf16", **extra)
+    check_ok(launch([*args, "--train.stop_after_steps", "5"], launcher="python", env=CUDA))
+    check_ok(launch(args, launcher="python", env=CUDA))
+    _same_losses(parts, full)
