@@ -28,7 +28,7 @@ from pipeline.checkpoint import store as ckpt
 from pipeline.checkpoint.history import start_line
 from pipeline.checkpoint.save import CONFIG_FILE, save
 from pipeline.checkpoint.universal import ensure_universal, universal_path
-from pipeline.config.changes import setting_changes
+from pipeline.config.changes import Change, setting_changes
 from pipeline.config.schema import TrainConfig
 from pipeline.distributed.comm import ControlGroup
 
@@ -126,25 +126,14 @@ class CheckpointManager:
     def _check_changes(self, found: ckpt.CheckpointInfo) -> None:
         """Refuse (every rank, the same files) a resume that changes a shaping setting unless
         ``train.allow_config_change``; then rank 0 prints and records each change."""
-        saved_path = found.path / CONFIG_FILE
-        if self.config is None or not saved_path.is_file():
-            return  # a checkpoint of an earlier release: nothing to compare with
-        try:
-            saved = yaml.safe_load(saved_path.read_text()) or {}
-        except yaml.YAMLError:
-            raise UserError(
-                f"{saved_path}: not valid YAML; resume from another checkpoint"
-            ) from None
-        changes = setting_changes(saved, self.config)
+        if self.config is None:
+            return
+        changes = resume_changes(
+            found.path, self.config, self.cfg.allow_config_change, self.run_dir / CHANGES_FILE
+        )
         if not changes:
             return
         listed = "; ".join(map(str, changes))
-        if not self.cfg.allow_config_change and any(c.needs_consent for c in changes):
-            raise UserError(
-                f"{found.path}: this run's settings differ from the checkpoint's: {listed}. Run "
-                "with the checkpoint's settings, or pass --train.allow_config_change true to "
-                f"resume with the new ones (recorded in {self.run_dir / CHANGES_FILE})"
-            )
         if self.rank == 0:
             step = int(found.commit["step"])
             self.log(f"note: resuming step {step} with changed settings: {listed}")
@@ -182,6 +171,30 @@ class CheckpointManager:
             torch.manual_seed(self.cfg.seed * 100_003 + step * 1_009 + self.rank)
         self.log(f"resumed from {found.path} at step {step} ({consumed:,} samples consumed)")
         return step, consumed
+
+
+def resume_changes(
+    checkpoint: Path, config: dict[str, Any], allowed: bool, record: Path
+) -> list[Change]:
+    """The shaping settings this run's ``config`` changes against the one ``checkpoint`` was
+    saved under (none for a checkpoint of an earlier release, which holds no config.yaml);
+    refused in one line unless ``allowed`` (``train.allow_config_change``) or only the length
+    changes. ``record``: where the changes will be written, named in the refusal."""
+    saved_path = checkpoint / CONFIG_FILE
+    if not saved_path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except yaml.YAMLError:
+        raise UserError(f"{saved_path}: not valid YAML; resume from another checkpoint") from None
+    changes = setting_changes(saved, config)
+    if changes and not allowed and any(c.needs_consent for c in changes):
+        raise UserError(
+            f"{checkpoint}: this run's settings differ from the checkpoint's: "
+            f"{'; '.join(map(str, changes))}. Run with the checkpoint's settings, or pass "
+            f"--train.allow_config_change true to resume with the new ones (recorded in {record})"
+        )
+    return changes
 
 
 def place_optimizer_steps(optimizer: torch.optim.Optimizer) -> int:

@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from data_prep.errors import UserError
 from data_prep.versioned import load_versioned
 from pipeline.checkpoint import store as ckpt
 from pipeline.checkpoint.history import check_run_folder
-from pipeline.checkpoint.save import CONFIG_FILE
-from pipeline.config.changes import setting_changes
+from pipeline.checkpoint.manager import CHANGES_FILE, resume_changes
 from pipeline.config.schema import LOSS_WEIGHTS, Config, RunPaths
 from pipeline.data.corpus import Corpus
 from pipeline.data.masking import make_masker
@@ -133,24 +131,11 @@ def preview_resume(cfg: Config, plan: Plan, world: int) -> ResumePreview:
             f"resuming would set aside the checkpoints committed after it (steps "
             f"{', '.join(map(str, newer))}) in {ckpt.checkpoint_root(run_dir)}/set-aside-TIME/"
         )
-    saved_path = found.path / CONFIG_FILE
-    if saved_path.is_file():
-        try:
-            saved = yaml.safe_load(saved_path.read_text()) or {}
-        except yaml.YAMLError:
-            raise UserError(
-                f"{saved_path}: not valid YAML; resume from another checkpoint"
-            ) from None
-        changes = setting_changes(saved, cfg.to_dict())
-        listed = "; ".join(map(str, changes))
-        if changes and not cfg.train.allow_config_change and any(c.needs_consent for c in changes):
-            raise UserError(
-                f"{found.path}: this run's settings differ from the checkpoint's: {listed}. Run "
-                "with the checkpoint's settings, or pass --train.allow_config_change true to "
-                "resume with the new ones"
-            )
-        if changes:
-            preview.notes.append(f"resuming with changed settings: {listed}")
+    changes = resume_changes(
+        found.path, cfg.to_dict(), cfg.train.allow_config_change, run_dir / CHANGES_FILE
+    )
+    if changes:
+        preview.notes.append(f"resuming with changed settings: {'; '.join(map(str, changes))}")
     if found.world_size != world:
         preview.notes.append(
             f"the checkpoint was saved by {found.world_size} rank(s): resuming on {world} "
