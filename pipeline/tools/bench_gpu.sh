@@ -35,6 +35,9 @@ timeout 240 python3 "$ANCHOR" --only peak,hf_ref,lean,lean_cached 2>&1 | grep '^
 echo "== pipeline.tools.bench"
 timeout 300 python3 -m pipeline.tools.bench --cases distil,distil_compiled,distil_cached,plain,loader \
   --json "$OUT/bench.json" 2>&1 | grep '^{' | tee "$OUT/bench.jsonl"
+echo "== pipeline.tools.bench --families modernbert,deberta-v2 (the same step, other teachers)"
+timeout 240 python3 -m pipeline.tools.bench --cases distil --families modernbert,deberta-v2 \
+  --shapes 128x256 2>&1 | grep '^{' | tee "$OUT/bench_families.jsonl"
 echo "== table"
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
