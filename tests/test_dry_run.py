@@ -98,6 +98,7 @@ def test_a_dry_run_refuses_what_the_plan_refuses(
     assert not run.exists()
 
 
+@pytest.mark.slow  # the dry run is tested by the other tests here; pruning by test_pruning.py
 def test_a_dry_run_of_init_prune_measures_in_memory(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
 ) -> None:
@@ -129,6 +130,8 @@ def saved_run(
     return run
 
 
+@pytest.mark.slow  # ~32 s with saved_run; the same resume checks and refusals of a real run
+# are in test_integration_resume.py and test_reliability.py
 def test_a_dry_run_names_the_checkpoint_it_would_resume_and_changes_nothing(
     saved_run: Path, tiny_teacher: Path, small_data_dir: Path
 ) -> None:

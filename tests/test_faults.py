@@ -26,6 +26,8 @@ def _campaign(tmp_path: Path, *args: str) -> list[dict[str, object]]:
     return rows
 
 
+@pytest.mark.slow  # ~77 s: a checkpoint without COMMIT.json or with a bad sha256 is skipped:
+# test_checkpoint.py, test_integration_resume.py::test_damaged_newest_checkpoint_...
 def test_a_rank_killed_between_its_files_and_the_commit_and_a_flipped_checkpoint_byte(
     tmp_path: Path,
 ) -> None:

@@ -416,6 +416,8 @@ def test_hub_name_resolved_offline_from_the_caches(tmp_path: Path) -> None:
         ]
 
 
+@pytest.mark.slow  # run_glue (results, resume) is tested in process above; the --json wiring
+# of pipeline.evaluate by test_embeddings.py's command-line test
 def test_the_command_line_runs_and_resumes_glue(
     tmp_path: Path, tiny_bert: Path, folders: dict[str, Path]
 ) -> None:

@@ -43,7 +43,8 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+# bf16 is slow: fp32 tests the same resume path; bf16 training is in test_integration_training.
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])
 def test_resume_is_bitwise_identical(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path, precision: str
 ) -> None:
@@ -72,6 +73,8 @@ def test_resume_is_bitwise_identical(
     assert _same_weights(_weights(run, 8), _weights(reference, 8))
 
 
+@pytest.mark.slow  # ~84 s: resume is test_resume_is_bitwise_identical[fp32]; trackers across a
+# resume: test_trackers.py; eval_on_start: test_probe.py
 def test_resume_twice(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
 ) -> None:
@@ -139,6 +142,8 @@ def _start_two_ranks(args: list[str], port: int) -> list[subprocess.Popen[str]]:
     return procs
 
 
+@pytest.mark.slow  # ~68 s: preemption mid-run, exit 42 and an exact resume: test_slurm_jobs.py
+# (scancel --signal=USR1); exit 42 on a signal without Slurm: test_signal_during_start_up
 def test_signal_checkpoints_and_exits_then_resume_matches(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
 ) -> None:
@@ -177,7 +182,9 @@ def test_signal_checkpoints_and_exits_then_resume_matches(
     assert _same_weights(_weights(run, steps), _weights(reference, steps))
 
 
-@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+# 2 -> 1 is slow: 1 -> 2 tests the universal checkpoint; 2 -> 1 conversion is in
+# test_signal_during_start_up_exits_with_the_requeue_code.
+@pytest.mark.parametrize(("before", "after"), [pytest.param(2, 1, marks=pytest.mark.slow), (1, 2)])
 def test_resume_on_another_world_size(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, before: int, after: int
 ) -> None:
@@ -362,6 +369,8 @@ NARROW = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # ~59 s: projections in the engine state: test_objective.py; narrow 2-rank
+# students: test_integration_training recipes; exact resume: test_resume_is_bitwise_identical
 def test_narrow_student_with_projections_resumes_exactly(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
 ) -> None:

@@ -111,6 +111,7 @@ def test_a_folder_of_other_files_is_refused_as_a_run_folder(
     assert [p.name for p in run.iterdir()] == ["draft.tex"]
 
 
+@pytest.mark.slow  # ~29 s; the same in process: test_checkpoint.py, same name
 def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, reference_run: Path
 ) -> None:
