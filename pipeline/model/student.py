@@ -171,6 +171,13 @@ def build_student(
         raise UserError(
             f"model.layer_map {layer_map} must list {shape.layers} teacher layers in 0..{t_layers - 1}"
         )
+    crossed = cross_family(teacher, student_type)
+    if crossed and init != "random":
+        raise UserError(
+            f"model.student_type {student_type}: a student of another family than the "
+            f"teacher's ({teacher.family}) cannot take the teacher's weights (model.init "
+            f"{init}); set model.init random, or leave model.student_type unset"
+        )
     narrower = (shape.hidden, shape.heads, shape.intermediate) != (
         t_shape.hidden,
         t_shape.heads,
@@ -187,14 +194,8 @@ def build_student(
     if init in ("select", "prune"):
         family.check_selection(teacher.config, t_shape, shape, init)
     sel = student_selection(t_shape, shape, init, layer_map, importance)
-    if cross_family(teacher, student_type):
+    if crossed:
         assert student_type is not None
-        if init != "random":
-            raise UserError(
-                f"model.student_type {student_type}: a student of another family than the "
-                f"teacher's ({teacher.family}) cannot take the teacher's weights (model.init "
-                f"{init}); set model.init random, or leave model.student_type unset"
-            )
         cfg = cross_family_config(teacher.config, student_type, shape)
     else:
         cfg = family.student_config(
