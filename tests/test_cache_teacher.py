@@ -603,6 +603,8 @@ def test_a_failing_rank_stops_the_others(tiny_data: Path, teacher: Path, tmp_pat
     assert not (tmp_path / "cache" / "manifest.json").exists()
 
 
+@pytest.mark.slow  # ~18 s: cache = online in the full-cache test; the teacher still running
+# beside a cache for an internal loss: test_hidden_state_loss_with_a_cache_still_runs_the_teacher
 def test_narrow_student_with_relations_from_a_cache_equals_online(
     full_cache: Path, tiny_data: Path, teacher: Path, tmp_path: Path
 ) -> None:

@@ -289,6 +289,7 @@ def test_a_changed_learning_rate_on_requeue_is_refused_or_recorded(
     ]
 
 
+@pytest.mark.slow  # ~13 s: keep_last in process in test_checkpoint.py
 def test_keep_last_and_deepspeed_tools(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path
 ) -> None:

@@ -159,6 +159,8 @@ def test_compiled_encoders_give_the_eager_losses(
         assert b == pytest.approx(a, rel=1e-4)
 
 
+@pytest.mark.slow  # ~37 s: blends in process in test_corpus.py/test_config.py;
+# exact resume and cache training: test_integration_resume.py, test_cache_teacher.py
 def test_a_blend_trains_in_its_order_and_resumes_exactly_from_a_cache(
     tmp_path: Path, tiny_teacher: Path, small_data_dir: Path, second_data_dir: Path
 ) -> None:

@@ -84,6 +84,7 @@ def two_hosts(tmp_path: Path) -> Iterator[list[list[str]]]:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+@pytest.mark.slow  # ~12 s: the host-name test below binds through the same path
 def test_two_hosts_whose_names_resolve_to_loopback(
     two_hosts: list[list[str]], tmp_path: Path, tiny_teacher: Path, small_data_dir: Path,
     reference_run: Path,

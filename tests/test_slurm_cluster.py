@@ -47,6 +47,7 @@ def test_two_task_job_runs_both_ranks(slurm_cluster: SlurmCluster, tmp_path: Pat
     assert info["NumTasks"] == "2"
 
 
+@pytest.mark.slow  # ~15 s: a real requeue in test_slurm_jobs.py (preemption)
 def test_requeued_job_runs_again_and_appends(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "requeue.out"
     job = slurm_cluster.sbatch(
