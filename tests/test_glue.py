@@ -447,3 +447,18 @@ def test_the_command_line_runs_and_resumes_glue(
     assert list(result["tasks"]["rte"]["results"]["rte"]["accuracy"]["per_seed"]) == ["0", "1"]
     refused = subprocess.run(argv[:7], capture_output=True, text=True, env=env)  # no --json
     assert refused.returncode == 2 and "--tasks needs --json" in refused.stderr
+
+
+@pytest.mark.parametrize("kind", ["modernbert", "deberta-v2", "electra", "eurobert"])
+def test_every_family_fine_tunes_on_a_pair_task(
+    tmp_path: Path, folders: dict[str, Path], kind: str
+) -> None:
+    """AutoModelForSequenceClassification of each family on RTE (sentence pairs: the token types
+    go only to a model whose forward takes them), a score in range."""
+    from family_models import make_family_teacher
+
+    model = make_family_teacher(tmp_path / kind, BERT_UNCASED, kind)
+    out = tmp_path / "glue.json"
+    result = run_glue(model, [f"rte={folders['rte']}"], [0], out, progress=lambda _: None, **QUICK)
+    accuracy = result["tasks"]["rte"]["results"]["rte"]["accuracy"]["median"]
+    assert 0 <= accuracy <= 1 and result["tasks"]["rte"]["data"]["train_examples"] == 48
