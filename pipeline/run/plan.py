@@ -34,6 +34,7 @@ from pipeline.model.masked_lm import (
 )
 from pipeline.model.selection import pruned_selection, pruning_report
 from pipeline.model.student import Shape, student_from_config
+from pipeline.run.cpu import bf16_note
 from pipeline.run.ds_config import EngineSettings, engine_settings
 
 
@@ -166,6 +167,9 @@ def prepare(
     engine = engine_settings(cfg, env.world_size, device.type)
     cached = bool(paths.teacher_cache) and cfg.distilling and cfg.loss.alpha_ce > 0
     notes: list[str] = []
+    slow_bf16 = bf16_note() if device.type == "cpu" else None
+    if slow_bf16 and (engine.precision == "bf16" or cfg.model.teacher_dtype == "bf16"):
+        notes.append(slow_bf16)
     m = _models(cfg, models, corpus, cached, notes, importance)
     cache = None
     if cached:
