@@ -254,9 +254,6 @@ def cross_family_config(teacher_config: Any, student_type: str, shape: Shape) ->
     )
     layers = list(range(shape.layers))
     family = FAMILIES[student_type]
-    if student_type == "distilbert":
-        return family.student_config(base, *_sizes(shape), layers)
-    base.num_hidden_layers = shape.layers
     if getattr(base, "layer_types", None) is not None:  # ModernBERT: its own default pattern
         every = int(getattr(base, "global_attn_every_n_layers", 3) or 3)
         base.layer_types = [
